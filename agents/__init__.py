@@ -1,0 +1,1 @@
+"""Agents: network architectures (agents/networks.py) and algorithms (one folder each)."""

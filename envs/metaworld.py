@@ -1,0 +1,179 @@
+"""Meta-World MT10 / MT50 / custom task lists as one vector env with one sub-env per task.
+
+Observations are the raw 39 float64s (Meta-World's scripted experts expect them; learners
+cast to float32) and the task id is kept apart:
+every network takes (observation, task_id), so MOORE's experts never see the one-hot
+while MTSAC appends it itself.
+
+Resets are done here rather than by gymnasium's autoreset so that, at an episode
+boundary, the random state *before* the reset can be checkpointed; restoring it and
+resetting reproduces the run exactly (see `MetaWorldVectorEnv.rng_checkpoint`).
+The step API keeps gymnasium's SAME_STEP semantics: on a step that ends an episode the
+returned observation is the first one of the next episode and the true last
+observation is in `final_obs`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import gymnasium as gym
+import metaworld
+import numpy as np
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
+
+from training.errors import UsageError
+
+MT10_TASKS: tuple[str, ...] = tuple(MT10_V3.keys())
+MT50_TASKS: tuple[str, ...] = tuple(ALL_V3_ENVIRONMENTS.keys())
+SUITES = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
+REWARD_VERSIONS = ("v1", "v2")
+MAX_PATH_LENGTH = 500  # Meta-World raises if an episode is stepped past this.
+OBS_DIM = 39
+ACTION_DIM = 4
+
+_CLASS_TO_TASK = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
+
+
+def suite_tasks(suite: str, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Task names of a suite; `suite='custom'` takes the given list."""
+    if suite == "custom":
+        if not tasks:
+            raise UsageError("suite 'custom' needs a task list (--env.tasks reach-v3,push-v3)")
+        for task in tasks:
+            if task not in ALL_V3_ENVIRONMENTS:
+                raise UsageError(
+                    f"unknown Meta-World task '{task}'; valid tasks: {', '.join(MT50_TASKS)}"
+                )
+        if len(set(tasks)) != len(tasks):
+            raise UsageError(f"duplicate task in the custom list: {','.join(tasks)}")
+        return tuple(tasks)
+    if suite not in SUITES:
+        raise UsageError(f"unknown suite '{suite}'; valid suites: mt10, mt50, custom")
+    if tasks and tuple(tasks) != SUITES[suite]:
+        raise UsageError(f"--env.tasks is only for suite 'custom' (got suite '{suite}')")
+    return SUITES[suite]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    obs: np.ndarray  # (n_tasks, 39) float64; reset obs where an episode ended
+    reward: np.ndarray  # (n_tasks,) float64
+    terminated: np.ndarray  # (n_tasks,) bool
+    truncated: np.ndarray  # (n_tasks,) bool
+    success: np.ndarray  # (n_tasks,) bool, Meta-World's info['success'] at this step
+    final_obs: np.ndarray  # (n_tasks, 39) float64; the true next observation of this step
+
+
+class MetaWorldVectorEnv:
+    """One synchronous Meta-World sub-env per task, seeded at construction."""
+
+    def __init__(
+        self,
+        suite: str,
+        tasks: tuple[str, ...] = (),
+        seed: int = 0,
+        reward_version: str = "v2",
+        max_episode_steps: int = MAX_PATH_LENGTH,
+    ):
+        self.task_names = suite_tasks(suite, tasks)
+        if reward_version not in REWARD_VERSIONS:
+            raise UsageError(
+                f"unknown reward_version '{reward_version}'; valid: {', '.join(REWARD_VERSIONS)}"
+            )
+        if not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
+            raise UsageError(
+                f"max_episode_steps must be in [1, {MAX_PATH_LENGTH}], got {max_episode_steps}"
+            )
+        self.num_tasks = len(self.task_names)
+        self.max_episode_steps = max_episode_steps
+        common = dict(
+            reward_function_version=reward_version,
+            max_episode_steps=max_episode_steps,
+            terminate_on_success=False,
+            use_one_hot=False,
+        )
+        autoreset = gym.vector.AutoresetMode.DISABLED
+        if suite in SUITES:
+            # The benchmark object fixes the 50 goals of every task from `seed`.
+            self._envs = metaworld.make_mt_envs(
+                suite.upper(), seed=seed, vector_strategy="sync", autoreset_mode=autoreset, **common
+            )
+        else:
+            # Built here rather than through 'Meta-World/custom-mt-envs', which treats
+            # seed=0 as "unseeded" (`None if not seed else seed + idx`).
+            makers = [
+                functools.partial(
+                    metaworld.make_mt_envs,
+                    name,
+                    seed=seed + idx,
+                    env_id=idx,
+                    num_tasks=len(self.task_names),
+                    **common,
+                )
+                for idx, name in enumerate(self.task_names)
+            ]
+            self._envs = gym.vector.SyncVectorEnv(makers, autoreset_mode=autoreset)
+        built = tuple(_CLASS_TO_TASK[name] for name in self._envs.get_attr("task_name"))
+        assert built == self.task_names, (built, self.task_names)
+        self._episode_step = 0
+        self._checkpoint_before_reset = None
+
+    def reset(self) -> np.ndarray:
+        self._checkpoint_before_reset = list(self._envs.call("get_checkpoint"))
+        obs, _ = self._envs.reset()
+        self._episode_step = 0
+        return obs
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        obs, reward, terminated, truncated, info = self._envs.step(np.asarray(actions, np.float64))
+        final_obs = obs
+        self._episode_step += 1
+        done = np.logical_or(terminated, truncated)
+        if done.any():
+            # Training runs every sub-env for the same fixed length, so episodes end together.
+            if not done.all():
+                raise RuntimeError("Meta-World sub-envs ended their episodes out of step")
+            next_obs = self.reset()
+        else:
+            next_obs = final_obs
+        return StepResult(
+            obs=next_obs,
+            reward=np.asarray(reward, np.float64),
+            terminated=terminated.astype(bool),
+            truncated=truncated.astype(bool),
+            success=np.asarray(info["success"], dtype=bool),
+            final_obs=final_obs,
+        )
+
+    @property
+    def at_episode_boundary(self) -> bool:
+        return self._episode_step == 0
+
+    def rng_checkpoint(self) -> list:
+        """JSON-able random state from just before the current episode's reset.
+
+        Only meaningful at an episode boundary: `restore(ckpt)` then yields the same
+        first observation and the same future as the run that saved it.
+        """
+        if not self.at_episode_boundary or self._checkpoint_before_reset is None:
+            raise RuntimeError("env checkpoints are taken at episode boundaries only")
+        return self._checkpoint_before_reset
+
+    def restore(self, ckpt: list) -> np.ndarray:
+        self._envs.call("load_checkpoint", [tuple(item) for item in ckpt])
+        return self.reset()
+
+    def reseed(self, seed: int) -> None:
+        """Fresh, deterministic random state for every sub-env (used before each evaluation)."""
+        for idx, env in enumerate(self._envs.envs):
+            env.unwrapped.seed(int(np.random.SeedSequence([seed, idx]).generate_state(1)[0]))
+
+    @property
+    def raw(self) -> gym.vector.SyncVectorEnv:
+        """The underlying gymnasium vector env (for metaworld.evaluation parity checks)."""
+        return self._envs
+
+    def close(self) -> None:
+        self._envs.close()

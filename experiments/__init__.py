@@ -1,0 +1,1 @@
+"""Named experiment configurations (presets) and, later, grid specs."""

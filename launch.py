@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Train and evaluate multi-task agents on Meta-World.
+
+    python launch.py                                  # the demo: small MOORE on MT10, a few minutes
+    python launch.py train --preset mt10_moore --seed 0 [--section.field value ...]
+    python launch.py train --resume runs/<run>        # continue an interrupted run exactly
+    python launch.py eval --run runs/<run>            # re-evaluate a saved run
+    python launch.py eval --agent scripted --suite mt10 --episodes 10 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from pathlib import Path
+
+from training.errors import UsageError
+
+AGENTS = ("scripted",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'error: ...' and exit code 2, no usage dump."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments"):
+            message += "; see `python launch.py train --help` for every option"
+        raise UsageError(message)
+
+
+def _type_label(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "LIST"
+    if typing.get_origin(hint) is not None:
+        return "FLOAT|none"
+    return {int: "INT", float: "FLOAT", bool: "BOOL", str: "STR"}[hint]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from experiments.presets import DESCRIPTIONS, PRESETS
+    from training.config import option_table
+
+    preset_lines = "\n".join(f"  {name:<18} {DESCRIPTIONS[name]}" for name in PRESETS)
+    parser = _Parser(
+        prog="launch.py",
+        description="Multi-task RL on Meta-World. With no command, runs the 'demo' preset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets:\n{preset_lines}\n\nRun `python launch.py train --help` for every option.",
+    )
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = commands.add_parser(
+        "train", help="train an agent (a preset plus --section.field overrides)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train an agent. Overrides are --section.field value.",
+        epilog=f"presets:\n{preset_lines}",
+    )
+    train.add_argument("--preset", default="demo", help="named configuration (default: demo)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
+                       "checkpoint (overrides, if given, must equal the run's config)")
+    train.add_argument("--out", default="runs", help="parent folder of new runs (default: runs)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    options = train.add_argument_group("options (defaults shown are the bare config's; a "
+                                       "preset sets its own)")
+    for name, hint, default in option_table():
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        options.add_argument(f"--{name}", dest=name, default=None, metavar=_type_label(hint),
+                             help=f"(default: {shown})")
+
+    ev = commands.add_parser("eval", help="evaluate a saved run or a scripted agent")
+    ev.add_argument("--run", metavar="DIR", help="run directory to re-evaluate")
+    ev.add_argument("--checkpoint", type=int, metavar="STEP",
+                    help="checkpoint step to evaluate (default: the latest)")
+    ev.add_argument("--agent", help=f"evaluate a built-in agent instead: {', '.join(AGENTS)}")
+    ev.add_argument("--suite", default="mt10", help="mt10 | mt50 | custom (with --agent)")
+    ev.add_argument("--tasks", default="", help="comma-separated tasks for --suite custom")
+    ev.add_argument("--episodes", type=int, help="episodes per task (default: the run's, or 10)")
+    ev.add_argument("--seed", type=int, default=0, help="env seed (with --agent)")
+    ev.add_argument("--max-episode-steps", type=int, default=500, help="(with --agent)")
+    ev.add_argument("--stochastic", action="store_true", help="sample actions (with --run)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from experiments.presets import get_preset
+    from training import config as config_lib
+    from training import run_dir as run_lib
+
+    overrides = {name: value for name, value in vars(args).items()
+                 if "." in name and value is not None}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.resume:
+        run = Path(args.resume)
+        cfg = run_lib.load_config(run)
+        wanted = config_lib.apply_overrides(cfg, overrides)
+        changed = config_lib.diff(cfg, wanted)
+        if changed:
+            raise UsageError(f"--resume {run}: overrides differ from the run's config in: "
+                             f"{', '.join(changed)}")
+    else:
+        cfg = config_lib.apply_overrides(get_preset(args.preset), overrides)
+    config_lib.validate(cfg)
+    from training.loop import Trainer  # after validation: imports JAX and builds envs
+
+    if args.resume:
+        from training.checkpoint import Checkpointer
+
+        Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()  # fail early
+    else:
+        run = run_lib.create(args.out, cfg)
+    print(f"run directory: {run}", flush=True)
+    trainer = Trainer(cfg, run, show_progress=not args.no_progress)
+    result = trainer.train(resume=bool(args.resume))
+    _print_result(result, f"{cfg.env.suite} after {result['step']} steps per task")
+    print(f"\nrun files: {run} (config.json, eval.jsonl, tb/, checkpoints/, final.json)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from training import run_dir as run_lib
+
+    if (args.run is None) == (args.agent is None):
+        raise UsageError("eval needs exactly one of --run DIR or --agent "
+                         f"{{{','.join(AGENTS)}}}")
+    if args.episodes is not None and args.episodes <= 0:
+        raise UsageError(f"--episodes must be positive, got {args.episodes}")
+    if args.agent is not None:
+        if args.agent not in AGENTS:
+            raise UsageError(f"unknown agent '{args.agent}'; valid agents: {', '.join(AGENTS)}")
+        from envs.metaworld import MetaWorldVectorEnv
+        from training.evaluation import evaluate, scripted_agent
+
+        tasks = tuple(t for t in args.tasks.split(",") if t)
+        env = MetaWorldVectorEnv(args.suite, tasks, seed=args.seed,
+                                 max_episode_steps=args.max_episode_steps)
+        result = evaluate(scripted_agent(env.task_names), env, args.episodes or 10)
+        _print_result(result, f"scripted experts on {args.suite}, seed {args.seed}")
+        return 0
+    from training.loop import reevaluate
+
+    run = Path(args.run)
+    cfg = run_lib.load_config(run)
+    result = reevaluate(cfg, run, step=args.checkpoint, episodes=args.episodes,
+                        deterministic=not args.stochastic)
+    _print_result(result, f"{run} at step {result['step']}")
+    print(f"\nappended to {run / 'reeval.jsonl'}")
+    return 0
+
+
+def _print_result(result: dict, title: str) -> None:
+    from training.evaluation import format_table
+
+    print(f"\n{title}\n{format_table(result)}")
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv or ["train"])
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return cmd_train(args) if args.command == "train" else cmd_eval(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with `python launch.py train --resume <run>`", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from training.loop import TrainingDiverged
+
+        if isinstance(e, TrainingDiverged):
+            print(f"error: training diverged: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

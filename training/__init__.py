@@ -1,0 +1,1 @@
+"""Everything between an agent and a run directory: configs, loop, evaluation, checkpoints."""

@@ -1,0 +1,187 @@
+"""Typed, frozen run configuration, its JSON form, and `--section.field value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from agents.networks import NetworkConfig
+from agents.sac.train import SACConfig
+from training.errors import UsageError
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    suite: str = "mt10"  # mt10 | mt50 | custom
+    tasks: tuple[str, ...] = ()  # only for suite=custom
+    reward_version: str = "v2"
+    max_episode_steps: int = 500  # 150 in the MOORE paper's protocol
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_steps_per_task: int = 2_000_000
+    chunk_steps: int = 50  # env steps collected, then as many gradient steps, per learner call
+    async_actor: bool = False  # overlap env stepping with the learner (policy lag: one chunk)
+    eval_every: int = 100_000  # env steps per task (at the next episode boundary)
+    checkpoint_every: int = 100_000  # env steps per task (at the next episode boundary)
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 50  # per task; MOORE's code uses 10
+    deterministic: bool = True  # mean action; MOORE's code samples (False)
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "custom"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = ("env", "network", "sac", "train", "eval")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    kwargs = {"preset": data["preset"], "seed": data["seed"]}
+    for section in SECTIONS:
+        cls = type(getattr(Config(), section))
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce_json(hints[k], v) for k, v in data[section].items()}
+        kwargs[section] = cls(**values)
+    return Config(**kwargs)
+
+
+def _coerce_json(hint, value):
+    return tuple(value) if typing.get_origin(hint) is tuple else value
+
+
+def option_table() -> list[tuple[str, type, object]]:
+    """Every overridable option as (dotted name, type hint, default of the bare config)."""
+    rows = [("seed", int, 0)]
+    base = Config()
+    for section in SECTIONS:
+        sub = getattr(base, section)
+        hints = typing.get_type_hints(type(sub))
+        for f in dataclasses.fields(sub):
+            rows.append((f"{section}.{f.name}", hints[f.name], getattr(sub, f.name)))
+    return rows
+
+
+def parse_value(name: str, hint, text: str):
+    """Parse one override's text according to its field type; bad text is a UsageError."""
+    try:
+        if typing.get_origin(hint) is tuple:
+            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            return tuple(item(x) for x in text.split(",") if x.strip())
+        if typing.get_origin(hint) in (typing.Union, _union_type()):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if text.lower() in ("none", "null", ""):
+                return None
+            return args[0](text)
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(float(text)) if "e" in text.lower() else int(text)
+        return hint(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad value '{text}' for --{name} (expected {_type_name(hint)})") from None
+
+
+def _union_type():
+    import types
+
+    return types.UnionType
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a comma-separated list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
+    """Apply {'section.field': text} overrides; unknown names are a UsageError."""
+    table = {name: hint for name, hint, _ in option_table()}
+    for name, text in overrides.items():
+        if name not in table:
+            raise UsageError(
+                f"unknown option --{name}; see `python launch.py train --help` for all options"
+            )
+        value = parse_value(name, table[name], text)
+        if name == "seed":
+            cfg = dataclasses.replace(cfg, seed=value)
+            continue
+        section, key = name.split(".", 1)
+        sub = dataclasses.replace(getattr(cfg, section), **{key: value})
+        cfg = dataclasses.replace(cfg, **{section: sub})
+    return cfg
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """Dotted names whose values differ between two configs."""
+    da, db = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Reject configs that cannot run, with a one-line message naming the value."""
+    t, s, e = cfg.train, cfg.sac, cfg.env
+    positive = {
+        "train.total_steps_per_task": t.total_steps_per_task,
+        "train.chunk_steps": t.chunk_steps,
+        "train.eval_every": t.eval_every,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "eval.episodes": cfg.eval.episodes,
+        "sac.batch_size_per_task": s.batch_size_per_task,
+        "sac.buffer_size_per_task": s.buffer_size_per_task,
+        "env.max_episode_steps": e.max_episode_steps,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise UsageError(f"--{name} must be positive, got {value}")
+    if e.max_episode_steps % t.chunk_steps:
+        raise UsageError(
+            f"--train.chunk_steps ({t.chunk_steps}) must divide --env.max_episode_steps "
+            f"({e.max_episode_steps}) so that checkpoints fall on episode boundaries"
+        )
+    if t.total_steps_per_task % t.chunk_steps:
+        raise UsageError(
+            f"--train.total_steps_per_task ({t.total_steps_per_task}) must be a multiple of "
+            f"--train.chunk_steps ({t.chunk_steps})"
+        )
+    if s.buffer_size_per_task < s.batch_size_per_task:
+        raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
+    if cfg.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
+
+
+def dumps(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

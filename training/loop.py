@@ -1,0 +1,334 @@
+"""The Meta-World actor-learner loop for off-policy agents.
+
+The actor steps the CPU vector env with a jitted policy on the CPU device; every
+`chunk_steps` env steps the chunk of transitions goes to the learner's device in one
+transfer, is inserted into the replay buffer, and the learner runs as many gradient steps
+inside one jitted `lax.scan` (MOORE's ratio: one gradient step per vector-env step).
+
+- Synchronous mode (default): collect chunk k with the params after update k-1.
+- Asynchronous mode: chunk k+1 is collected while update k runs on the device, with the
+  params after update k-1 (a policy lag of one chunk). Both modes are deterministic.
+
+Deviation from MOORE's per-step interleaving: within a chunk, transitions are collected
+before that chunk's gradient steps, and those steps may sample the whole chunk.
+
+Checkpoints and evaluations happen at episode boundaries, where the env's random state can
+be saved exactly, so a resumed run reproduces an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from agents.sac.train import make_learner
+from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv
+from training import replay
+from training import run_dir as run_lib
+from training.checkpoint import Checkpointer
+from training.config import Config
+from training.errors import UsageError
+from training.evaluation import evaluate
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite; the last checkpoint on disk is still good."""
+
+
+@dataclass
+class Progress:
+    env_steps: int = 0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+
+
+def make_env(cfg: Config, seed: int) -> MetaWorldVectorEnv:
+    return MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks, seed=seed,
+                              reward_version=cfg.env.reward_version,
+                              max_episode_steps=cfg.env.max_episode_steps)
+
+
+def eval_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step, 0xE7A1]).generate_state(1)[0])
+
+
+class Trainer:
+    """Owns the envs, learner, buffer and run directory of one run."""
+
+    def __init__(self, cfg: Config, run: Path, show_progress: bool = True):
+        self.cfg = cfg
+        self.run = run
+        self.show_progress = show_progress
+        self.env = make_env(cfg, cfg.seed)
+        # Its own instances, same goal set (the benchmark seed), reseeded before each evaluation.
+        self.eval_env = make_env(cfg, cfg.seed)
+        self.num_tasks = self.env.num_tasks
+        self.task_ids = np.arange(self.num_tasks, dtype=np.int32)
+        self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM)
+        self.actor_device = jax.devices("cpu")[0]
+        self._insert = jax.jit(replay.insert, donate_argnums=0)
+        self._train_chunk = jax.jit(self.learner.train_chunk, donate_argnums=0)
+        policy = self.learner.policy
+
+        def act(params, obs, key, deterministic):
+            key, sub = jax.random.split(key)
+            return policy(params, obs, jnp.arange(obs.shape[0]), sub, deterministic), key
+
+        self._act = jax.jit(act, device=self.actor_device)
+        self.checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _fresh(self):
+        root = jax.random.PRNGKey(self.cfg.seed)
+        learner_key, self.actor_key, self.eval_key = jax.random.split(root, 3)
+        self.state = self.learner.init(learner_key)
+        self.buffer = replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task,
+                                         OBS_DIM, ACTION_DIM)
+        self.actor_params = self._to_actor(self.state.actor_params)
+        self.progress = Progress()
+        self.obs = self.env.reset()
+
+    def _restore(self):
+        tree, meta = self.checkpointer.restore()
+        if meta.get("complete"):
+            raise UsageError(f"run '{self.run}' is already complete ({meta['env_steps']} steps)")
+        self._fresh()  # templates for the restored trees
+        self.state = serialization.from_state_dict(self.state, tree["learner"])
+        self.actor_params = self._to_actor(
+            serialization.from_state_dict(self.actor_params, tree["actor_params"]))
+        if "buffer" in tree:
+            self.buffer = replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
+                                             meta["buffer_ptr"])
+        self.actor_key = jnp.asarray(tree["actor_key"])
+        self.eval_key = jnp.asarray(tree["eval_key"])
+        self.progress = Progress(**meta["progress"])
+        self.obs = self.env.restore(meta["env_rng"])
+        run_lib.truncate_evals(self.run, self.progress.env_steps)
+
+    def _save(self, complete: bool = False):
+        step = self.progress.env_steps
+        tree = {
+            "learner": serialization.to_state_dict(self.state),
+            "actor_params": serialization.to_state_dict(self.actor_params),
+            "actor_key": self.actor_key,
+            "eval_key": self.eval_key,
+        }
+        if step > 0:  # orbax cannot store zero-size arrays
+            tree["buffer"] = replay.filled(self.buffer)
+        meta = {
+            "progress": vars(self.progress),
+            "env_steps": step,
+            "buffer_ptr": int(self.buffer.ptr),
+            "env_rng": self.env.rng_checkpoint() if self.env.at_episode_boundary else None,
+            "complete": complete,
+        }
+        self.checkpointer.save(step, tree, meta)
+
+    def _to_actor(self, params):
+        # A host copy: the learner's state is donated to the next update, and on an
+        # accelerator the actor must not fetch params from the device on every env step.
+        return jax.device_put(jax.device_get(params), self.actor_device)
+
+    # ---- loop ------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if resume:
+            self._restore()
+        else:
+            self._fresh()
+        # purge_step drops events a killed run logged after its last checkpoint.
+        writer = SummaryWriter(str(self.run / "tb"),
+                               purge_step=self.progress.env_steps + 1 if resume else None)
+        total = cfg.train.total_steps_per_task
+        chunk = cfg.train.chunk_steps
+        episode_return = np.zeros(self.num_tasks)
+        episode_success = np.zeros(self.num_tasks, bool)
+        pending = None  # metrics of the last update not yet checked (async mode)
+        last_eval = None
+        bar = tqdm(total=total, initial=self.progress.env_steps, unit="step", desc=cfg.preset,
+                   disable=not self.show_progress, dynamic_ncols=True)
+        try:
+            if not resume:
+                last_eval = self._maybe_evaluate_and_save(writer)
+            t_start, steps_start = time.perf_counter(), self.progress.env_steps
+            while self.progress.env_steps < total:
+                transitions, episodes = self._collect(chunk, episode_return, episode_success)
+                for ep_return, ep_success in episodes:
+                    self._log_episodes(writer, ep_return, ep_success)
+                size_before = min(self.progress.env_steps, self.buffer.capacity)
+                self.buffer = self._insert(self.buffer, transitions)
+                self.progress.env_steps += chunk
+                if cfg.train.async_actor:
+                    # Params after update k-1 drive chunk k+1 while update k runs.
+                    pending = self._check_and_log(pending, writer)
+                    self.actor_params = self._to_actor(self.state.actor_params)
+                    pending = self._update(size_before, chunk)
+                else:
+                    pending = self._check_and_log(self._update(size_before, chunk), writer)
+                    self.actor_params = self._to_actor(self.state.actor_params)
+                step = self.progress.env_steps
+                elapsed = time.perf_counter() - t_start
+                writer.add_scalar("perf/env_steps_per_s",
+                                  (step - steps_start) * self.num_tasks / max(elapsed, 1e-9), step)
+                bar.update(chunk)
+                if self.env.at_episode_boundary or step >= total:
+                    pending = self._check_and_log(pending, writer)
+                    result = self._maybe_evaluate_and_save(writer)
+                    if result is not None:
+                        last_eval = result
+                        bar.set_postfix(success=f"{result['mean_success']:.2f}")
+            self._check_and_log(pending, writer)
+            if last_eval is None or last_eval["step"] != self.progress.env_steps:
+                last_eval = self._evaluate(writer)
+            # final.json first: if killed before the final checkpoint, a resume redoes the
+            # tail and rewrites the same file.
+            run_lib.write_atomic(self.run / "final.json", json.dumps(last_eval, indent=2))
+            self._save(complete=True)
+        finally:
+            bar.close()
+            writer.close()
+        return last_eval
+
+    def _collect(self, length, episode_return, episode_success):
+        n = self.num_tasks
+        obs_buf = np.empty((length, n, OBS_DIM), np.float32)
+        act_buf = np.empty((length, n, ACTION_DIM), np.float32)
+        rew_buf = np.empty((length, n), np.float32)
+        next_buf = np.empty((length, n, OBS_DIM), np.float32)
+        term_buf = np.empty((length, n), np.float32)
+        episodes = []
+        params = self.actor_params
+        for t in range(length):
+            action, self.actor_key = self._act(params, self.obs.astype(np.float32),
+                                               self.actor_key, False)
+            action = np.asarray(action)
+            result = self.env.step(action)
+            obs_buf[t] = self.obs
+            act_buf[t] = action
+            rew_buf[t] = result.reward
+            # The true next observation, also on the step a time limit truncates: the
+            # critic keeps bootstrapping there, since `terminated` stays False.
+            next_buf[t] = result.final_obs
+            term_buf[t] = result.terminated
+            episode_return += result.reward
+            episode_success |= result.success
+            if np.any(result.terminated | result.truncated):
+                episodes.append((episode_return.copy(), episode_success.copy()))
+                episode_return[:] = 0.0
+                episode_success[:] = False
+            self.obs = result.obs
+        transitions = {"obs": obs_buf, "action": act_buf, "reward": rew_buf,
+                       "next_obs": next_buf, "terminated": term_buf}
+        return transitions, episodes
+
+    def _update(self, size_before, length):
+        sac = self.cfg.sac
+        sizes = np.minimum(size_before + np.arange(1, length + 1), self.buffer.capacity)
+        critic_on = sizes > sac.critic_warmup
+        if not critic_on.any():
+            return None
+        actor_on = sizes > sac.actor_warmup
+        self.state, metrics = self._train_chunk(self.state, self.buffer, jnp.asarray(critic_on),
+                                                jnp.asarray(actor_on))
+        return self.progress.env_steps, metrics
+
+    def _check_and_log(self, pending, writer):
+        """Stop on a non-finite loss, else log the chunk's metrics. Returns None (nothing pending)."""
+        if pending is None:
+            return None
+        step, metrics = pending
+        for name in ("critic_loss", "actor_loss"):
+            values = np.asarray(metrics[name])
+            if not np.all(np.isfinite(values)):
+                last = self.checkpointer.latest_step()
+                raise TrainingDiverged(
+                    f"non-finite {name} in the update chunk ending at env step {step}; "
+                    f"last good checkpoint: {self.checkpointer.directory / str(last)}")
+        self._log_metrics(writer, metrics, step)
+        return None
+
+    def _log_metrics(self, writer, metrics, step):
+        for name in ("critic_loss", "actor_loss", "q_mean", "entropy"):
+            writer.add_scalar(f"train/{name}", float(np.mean(metrics[name])), step)
+        alphas = np.asarray(metrics["alpha"])[-1]
+        for task, alpha in zip(self.env.task_names, alphas):
+            writer.add_scalar(f"alpha/{task}", float(alpha), step)
+
+    def _log_episodes(self, writer, returns, successes):
+        step = self.progress.env_steps
+        for task, ret, succ in zip(self.env.task_names, returns, successes):
+            writer.add_scalar(f"train_return/{task}", float(ret), step)
+            writer.add_scalar(f"train_success/{task}", float(succ), step)
+        writer.add_scalar("train/mean_success", float(np.mean(successes)), step)
+
+    def _maybe_evaluate_and_save(self, writer):
+        p, t = self.progress, self.cfg.train
+        result = None
+        if p.env_steps >= p.next_eval:
+            result = self._evaluate(writer)
+            p.next_eval = (p.env_steps // t.eval_every + 1) * t.eval_every
+        if p.env_steps >= p.next_checkpoint and p.env_steps < t.total_steps_per_task:
+            p.next_checkpoint = (p.env_steps // t.checkpoint_every + 1) * t.checkpoint_every
+            self._save()
+        return result
+
+    def _evaluate(self, writer) -> dict:
+        cfg, step = self.cfg, self.progress.env_steps
+        self.eval_env.reseed(eval_seed(cfg.seed, step))
+        params = self._to_actor(self.state.actor_params)
+        key = jax.random.fold_in(self.eval_key, step)
+
+        def act(obs):
+            nonlocal key
+            action, key = self._act(params, obs.astype(np.float32), key, cfg.eval.deterministic)
+            return np.asarray(action)
+
+        result = evaluate(act, self.eval_env, cfg.eval.episodes)
+        record = {"step": step, "suite": cfg.env.suite, "updates": int(self.state.updates),
+                  "deterministic": cfg.eval.deterministic, **result}
+        run_lib.append_eval(self.run, record)
+        writer.add_scalar("eval/mean_success", result["mean_success"], step)
+        writer.add_scalar("eval/mean_return", result["mean_return"], step)
+        for task, r in result["per_task"].items():
+            writer.add_scalar(f"eval_success/{task}", r["success"], step)
+            writer.add_scalar(f"eval_return/{task}", r["return"], step)
+        writer.flush()
+        return record
+
+
+def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
+               deterministic: bool) -> dict:
+    """Evaluate a saved checkpoint of `run` on fresh envs; the record goes to reeval.jsonl."""
+    checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
+    tree, meta = checkpointer.restore(step)
+    env = make_env(cfg, cfg.seed)
+    learner = make_learner(cfg.sac, cfg.network, env.num_tasks, OBS_DIM, ACTION_DIM)
+    template = learner.init(jax.random.PRNGKey(0))
+    params = serialization.from_state_dict(template.actor_params, tree["learner"]["actor_params"])
+    act_fn = jax.jit(learner.policy, static_argnums=4)
+    key = jax.random.PRNGKey(cfg.seed)
+    env.reseed(eval_seed(cfg.seed, meta["env_steps"]))
+
+    def act(obs):
+        nonlocal key
+        key, sub = jax.random.split(key)
+        return np.asarray(act_fn(params, obs.astype(np.float32), jnp.arange(obs.shape[0]), sub,
+                                 deterministic))
+
+    result = evaluate(act, env, episodes or cfg.eval.episodes)
+    record = {"step": meta["env_steps"], "suite": cfg.env.suite, "deterministic": deterministic,
+              **result}
+    with open(run / "reeval.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record

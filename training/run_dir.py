@@ -1,0 +1,107 @@
+"""A run directory: config, versions, eval.jsonl, tensorboardX events, checkpoints.
+
+    <run>/config.json      full config (training.config.Config as JSON)
+    <run>/versions.json    metaworld, mujoco, gymnasium, jax, jaxlib, flax, optax, orbax, git commit
+    <run>/eval.jsonl       one JSON object per evaluation (format in README.md)
+    <run>/tb/              tensorboardX event files
+    <run>/checkpoints/     orbax checkpoints, one folder per env step
+    <run>/final.json       the last evaluation, written when the run completes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from training import config as config_lib
+from training.errors import UsageError
+
+PACKAGES = ("metaworld", "mujoco", "gymnasium", "jax", "jaxlib", "flax", "optax",
+            "orbax-checkpoint", "numpy")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["git_commit"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create(out_dir: str, cfg: config_lib.Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / f"{cfg.preset}-s{cfg.seed}-{stamp}"
+    run = base
+    n = 1
+    while run.exists():
+        run = base.with_name(f"{base.name}-{n}")
+        n += 1
+    run.mkdir(parents=True)
+    write_atomic(run / "config.json", config_lib.dumps(cfg))
+    write_atomic(run / "versions.json", json.dumps(versions(), indent=2))
+    return run
+
+
+def load_config(run: Path) -> config_lib.Config:
+    path = run / "config.json"
+    if not run.is_dir():
+        raise UsageError(f"run directory '{run}' does not exist")
+    if not path.is_file():
+        raise UsageError(f"'{run}' is not a run directory (no config.json)")
+    try:
+        return config_lib.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"unreadable config '{path}': {e}") from None
+
+
+def append_eval(run: Path, record: dict) -> None:
+    with open(run / "eval.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_evals(run: Path) -> list[dict]:
+    path = run / "eval.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_evals(run: Path, last_step: int) -> None:
+    """Keep only evaluations at or before `last_step` (the checkpoint a resume starts from).
+
+    Later ones came from the interrupted stretch, which the resumed run recomputes
+    identically, so keeping them would duplicate those records.
+    """
+    records = [r for r in read_evals(run) if r["step"] <= last_step]
+    write_atomic(run / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in records))
