@@ -50,7 +50,7 @@ def suite_tasks(suite: str, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:
             raise UsageError(f"duplicate task in the custom list: {','.join(tasks)}")
         return tuple(tasks)
     if suite not in SUITES:
-        raise UsageError(f"unknown suite '{suite}'; valid suites: mt10, mt50, custom")
+        raise UsageError(f"unknown suite '{suite}'; valid suites: {', '.join(SUITES)}, custom")
     if tasks and tuple(tasks) != SUITES[suite]:
         raise UsageError(f"--env.tasks is only for suite 'custom' (got suite '{suite}')")
     return SUITES[suite]

@@ -181,6 +181,24 @@ def validate(cfg: Config) -> None:
         raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
     if cfg.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
+    for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):
+        value = getattr(s, name)
+        if not value > 0 or value == float("inf"):
+            raise UsageError(f"--sac.{name} must be a positive number, got {value}")
+    if not 0 <= s.gamma <= 1:
+        raise UsageError(f"--sac.gamma must be in [0, 1], got {s.gamma}")
+    # Checked here, before a run directory exists, so bad input leaves nothing behind.
+    from agents.networks import make_network
+    from envs.metaworld import MAX_PATH_LENGTH, REWARD_VERSIONS, suite_tasks
+
+    suite_tasks(e.suite, e.tasks)
+    if e.reward_version not in REWARD_VERSIONS:
+        raise UsageError(f"unknown --env.reward_version '{e.reward_version}'; "
+                         f"valid: {', '.join(REWARD_VERSIONS)}")
+    if e.max_episode_steps > MAX_PATH_LENGTH:
+        raise UsageError(f"--env.max_episode_steps must be at most {MAX_PATH_LENGTH} "
+                         f"(Meta-World's limit), got {e.max_episode_steps}")
+    make_network(cfg.network, 1, 1)
 
 
 def dumps(cfg: Config) -> str:

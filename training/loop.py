@@ -83,14 +83,17 @@ class Trainer:
             key, sub = jax.random.split(key)
             return policy(params, obs, jnp.arange(obs.shape[0]), sub, deterministic), key
 
-        self._act = jax.jit(act, device=self.actor_device)
+        # Inputs committed to the CPU device (params via _to_actor, obs and key below) make
+        # this jit run there, whatever the learner's device is.
+        self._act = jax.jit(act)
         self.checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
 
     # ---- state -----------------------------------------------------------------------------
 
     def _fresh(self):
         root = jax.random.PRNGKey(self.cfg.seed)
-        learner_key, self.actor_key, self.eval_key = jax.random.split(root, 3)
+        learner_key, actor_key, eval_key = jax.random.split(root, 3)
+        self.actor_key, self.eval_key = jax.device_put((actor_key, eval_key), self.actor_device)
         self.state = self.learner.init(learner_key)
         self.buffer = replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task,
                                          OBS_DIM, ACTION_DIM)
@@ -109,8 +112,8 @@ class Trainer:
         if "buffer" in tree:
             self.buffer = replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
                                              meta["buffer_ptr"])
-        self.actor_key = jnp.asarray(tree["actor_key"])
-        self.eval_key = jnp.asarray(tree["eval_key"])
+        self.actor_key, self.eval_key = jax.device_put((tree["actor_key"], tree["eval_key"]),
+                                                       self.actor_device)
         self.progress = Progress(**meta["progress"])
         self.obs = self.env.restore(meta["env_rng"])
         run_lib.truncate_evals(self.run, self.progress.env_steps)
@@ -210,8 +213,8 @@ class Trainer:
         episodes = []
         params = self.actor_params
         for t in range(length):
-            action, self.actor_key = self._act(params, self.obs.astype(np.float32),
-                                               self.actor_key, False)
+            obs = jax.device_put(self.obs.astype(np.float32), self.actor_device)
+            action, self.actor_key = self._act(params, obs, self.actor_key, False)
             action = np.asarray(action)
             result = self.env.step(action)
             obs_buf[t] = self.obs
@@ -291,7 +294,8 @@ class Trainer:
 
         def act(obs):
             nonlocal key
-            action, key = self._act(params, obs.astype(np.float32), key, cfg.eval.deterministic)
+            obs = jax.device_put(obs.astype(np.float32), self.actor_device)
+            action, key = self._act(params, obs, key, cfg.eval.deterministic)
             return np.asarray(action)
 
         result = evaluate(act, self.eval_env, cfg.eval.episodes)

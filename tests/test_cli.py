@@ -1,0 +1,49 @@
+"""Bad input: one line naming the bad value, exit code 2, no traceback, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _launch(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "mt11_moore"], "unknown preset 'mt11_moore'; valid presets: demo"),
+    (["train", "--train.total_steps_per_task", "0"], "--train.total_steps_per_task must be positive"),
+    (["train", "--train.total_steps_per_task", "-100"], "must be positive, got -100"),
+    (["train", "--env.suite", "mt20"], "unknown suite 'mt20'; valid suites: mt10, mt50, custom"),
+    (["train", "--env.suite", "custom", "--env.tasks", "reach-v3,fly-v3"],
+     "unknown Meta-World task 'fly-v3'"),
+    (["train", "--network.arch", "resnet"], "unknown network.arch 'resnet'; valid: mtmlp"),
+    (["train", "--sac.gamma", "abc"], "bad value 'abc' for --sac.gamma"),
+    (["train", "--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["eval", "--agent", "oracle"], "unknown agent 'oracle'; valid agents: scripted"),
+    (["eval", "--agent", "scripted", "--suite", "mt3"], "unknown suite 'mt3'"),
+    (["eval", "--agent", "scripted", "--episodes", "0"], "--episodes must be positive"),
+    (["eval", "--run", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
+    (["train", "--resume", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = _launch(*args, "--out", str(tmp_path / "runs")) if args[0] == "train" and \
+        "--resume" not in args else _launch(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_lists_presets_and_every_option():
+    top = _launch("--help")
+    assert top.returncode == 0 and "mt10_moore" in top.stdout and "mt50_mtsac" in top.stdout
+    train = _launch("train", "--help")
+    for option in ("--network.arch", "--sac.batch_size_per_task", "--train.async_actor",
+                   "--eval.episodes", "--env.reward_version", "--resume"):
+        assert option in train.stdout

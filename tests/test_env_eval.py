@@ -1,0 +1,107 @@
+"""Meta-World wrapper and evaluation: final_obs on truncation, exact env restore, success at any
+step, and parity of our evaluation with `metaworld.evaluation` for the scripted experts."""
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import metaworld  # noqa: F401  (registers the Meta-World envs)
+import numpy as np
+import pytest
+from metaworld.evaluation import evaluation as metaworld_evaluation
+
+from envs.metaworld import MT10_TASKS, MetaWorldVectorEnv
+from training.evaluation import evaluate, scripted_agent
+
+TASKS = ("reach-v3", "drawer-close-v3")
+
+
+def _custom(steps=5, seed=3):
+    return MetaWorldVectorEnv("custom", TASKS, seed=seed, max_episode_steps=steps)
+
+
+def test_truncation_returns_true_final_obs_and_the_reset_obs():
+    env = _custom(steps=5)
+    obs = env.reset()
+    rng = np.random.default_rng(0)
+    for t in range(5):
+        previous = obs
+        result = env.step(rng.uniform(-1, 1, (2, 4)))
+        obs = result.obs
+    assert result.truncated.all() and not result.terminated.any()
+    # The true last observation continues the episode: its "previous frame" block is the
+    # current block of the step before. The returned obs is a fresh reset (both blocks equal).
+    np.testing.assert_array_equal(result.final_obs[:, 18:36], previous[:, :18])
+    np.testing.assert_array_equal(result.obs[:, 18:36], result.obs[:, :18])
+    assert not np.allclose(result.final_obs, result.obs)
+    assert env.at_episode_boundary
+
+
+def test_rng_checkpoint_restores_the_future_exactly():
+    env = _custom(steps=5)
+    env.reset()
+    actions = np.random.default_rng(1).uniform(-1, 1, (15, 2, 4))
+    for a in actions[:5]:
+        env.step(a)
+    ckpt = env.rng_checkpoint()
+    future = [env.step(a) for a in actions[5:]]
+    other = _custom(steps=5)
+    other.restore(ckpt)
+    replay = [other.step(a) for a in actions[5:]]
+    for x, y in zip(future, replay):
+        np.testing.assert_array_equal(x.obs, y.obs)
+        np.testing.assert_array_equal(x.reward, y.reward)
+    with pytest.raises(RuntimeError):
+        env.step(actions[0])
+        env.rng_checkpoint()
+
+
+@dataclass
+class _Step:
+    obs: np.ndarray
+    reward: np.ndarray
+    success: np.ndarray
+
+
+class _FakeEnv:
+    """Two tasks, 4-step episodes; task 0 succeeds only at step 2 of each episode."""
+
+    num_tasks, max_episode_steps, task_names = 2, 4, ("a", "b")
+
+    def reset(self):
+        self.t = 0
+        return np.zeros((2, 39))
+
+    def step(self, action):
+        self.t += 1
+        success = np.array([self.t % 4 == 2, False])
+        return _Step(np.zeros((2, 39)), np.ones(2), success)
+
+
+def test_success_counts_at_any_step_and_returns_sum_the_episode():
+    result = evaluate(lambda obs: np.zeros((2, 4)), _FakeEnv(), episodes=3)
+    assert result["per_task"]["a"] == {"success": 1.0, "return": 4.0, "episodes": 3}
+    assert result["per_task"]["b"]["success"] == 0.0
+    assert result["mean_success"] == 0.5
+
+
+class _MetaWorldAgent:
+    """The scripted experts behind metaworld.evaluation's Agent protocol."""
+
+    def __init__(self, tasks):
+        self.act = scripted_agent(tasks)
+
+    def eval_action(self, obs):
+        return self.act(obs)
+
+    def reset(self, env_mask):
+        pass
+
+
+def test_scripted_experts_match_metaworld_evaluation():
+    episodes, seed = 2, 7
+    ours = evaluate(scripted_agent(MT10_TASKS), MetaWorldVectorEnv("mt10", seed=seed), episodes)
+    envs = gym.make_vec("Meta-World/MT10", vector_strategy="sync", seed=seed)
+    mean, _, per_task, _ = metaworld_evaluation(_MetaWorldAgent(MT10_TASKS), envs, episodes)
+    assert {t: ours["per_task"][t]["success"] for t in MT10_TASKS} == per_task
+    assert ours["mean_success"] == pytest.approx(mean)
+    assert ours["mean_success"] > 0.5  # the experts do solve most of MT10
