@@ -15,8 +15,8 @@ Python loop over experts or tasks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -99,7 +99,9 @@ def _stacked_xavier(key, shape):
 
 
 def gram_schmidt(vectors: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """Orthonormalise (..., k, d) along k in order: u_1 = v_1/|v_1|, u_i = normalise(v_i - sum_{j<i} (v_i.u_j) u_j).
+    """Orthonormalise (..., k, d) along k, in order.
+
+    u_1 = v_1 / |v_1|;  u_i = normalise(v_i - sum_{j<i} (v_i . u_j) u_j).
 
     Classical Gram-Schmidt as in MOORE's code; k is a handful of experts, so the sequential
     loop over k is unrolled at trace time while each step is batched over samples.

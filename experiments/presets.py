@@ -65,7 +65,8 @@ DESCRIPTIONS = {
     "mt10_moore": "MOORE: 4 orthogonal experts of 3x400, MT10 (Meta-World+ protocol)",
     "mt50_mtsac": "MTSAC on MT50",
     "mt50_moore": "MOORE: 6 orthogonal experts, MT50 (Meta-World+ protocol)",
-    "mt10_moore_paper": "MOORE, MT10, MOORE paper protocol (150-step episodes, 10 stochastic evals)",
+    "mt10_moore_paper": "MOORE, MT10, MOORE paper protocol (150-step episodes, 10 stochastic "
+                        "evaluation episodes)",
     "mt10_moe_paper": "MoE, MT10, MOORE paper protocol",
     "mt50_moore_paper": "MOORE, MT50, MOORE paper protocol",
 }

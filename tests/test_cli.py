@@ -15,7 +15,8 @@ def _launch(*args, cwd=None):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "mt11_moore"], "unknown preset 'mt11_moore'; valid presets: demo"),
-    (["train", "--train.total_steps_per_task", "0"], "--train.total_steps_per_task must be positive"),
+    (["train", "--train.total_steps_per_task", "0"],
+     "--train.total_steps_per_task must be positive"),
     (["train", "--train.total_steps_per_task", "-100"], "must be positive, got -100"),
     (["train", "--env.suite", "mt20"], "unknown suite 'mt20'; valid suites: mt10, mt50, custom"),
     (["train", "--env.suite", "custom", "--env.tasks", "reach-v3,fly-v3"],

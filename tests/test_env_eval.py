@@ -23,7 +23,7 @@ def test_truncation_returns_true_final_obs_and_the_reset_obs():
     env = _custom(steps=5)
     obs = env.reset()
     rng = np.random.default_rng(0)
-    for t in range(5):
+    for _t in range(5):
         previous = obs
         result = env.step(rng.uniform(-1, 1, (2, 4)))
         obs = result.obs
@@ -47,7 +47,7 @@ def test_rng_checkpoint_restores_the_future_exactly():
     other = _custom(steps=5)
     other.restore(ckpt)
     replay = [other.step(a) for a in actions[5:]]
-    for x, y in zip(future, replay):
+    for x, y in zip(future, replay, strict=True):
         np.testing.assert_array_equal(x.obs, y.obs)
         np.testing.assert_array_equal(x.reward, y.reward)
     with pytest.raises(RuntimeError):

@@ -22,7 +22,8 @@ def test_gram_schmidt_is_orthonormal_and_ordered():
     u = gram_schmidt(v)
     gram = jnp.einsum("bkd,bjd->bkj", u, u)
     np.testing.assert_allclose(gram, np.broadcast_to(np.eye(4), gram.shape), atol=1e-5)
-    # Order: u_1 is v_1 normalised; u_i is orthogonal to v_1..v_{i-1} and lies in their span with v_i.
+    # Order: u_1 is v_1 normalised; u_i is orthogonal to v_1..v_{i-1} and lies in the span
+    # of v_1..v_i.
     np.testing.assert_allclose(u[:, 0], v[:, 0] / jnp.linalg.norm(v[:, 0], axis=-1, keepdims=True),
                                atol=1e-6)
     for i in range(4):
@@ -70,7 +71,8 @@ def test_every_architecture_shares_one_interface(arch):
 
 
 def test_moore_experts_see_the_observation_only():
-    net = make_network(NetworkConfig(arch="moore", hidden_sizes=(16, 8), num_experts=3), NUM_TASKS, 2)
+    cfg = NetworkConfig(arch="moore", hidden_sizes=(16, 8), num_experts=3)
+    net = make_network(cfg, NUM_TASKS, 2)
     obs = jnp.ones((2, OBS))
     params = net.init(jax.random.PRNGKey(6), obs, jnp.array([0, 1]))["params"]
     first = params["VmapMLP_0"]["Linear_0"]["Dense_0"]["kernel"]
@@ -88,11 +90,12 @@ def test_moore_features_are_tanh_of_unnormalised_weighted_orthonormal_experts():
     p = variables["params"]
     # Scale the task weights: without softmax normalisation the features must change.
     scaled = jax.tree.map(lambda x: x, variables)
-    scaled["params"]["task_weights"]["Dense_0"]["kernel"] = p["task_weights"]["Dense_0"]["kernel"] * 3
+    weights = p["task_weights"]["Dense_0"]["kernel"]
+    scaled["params"]["task_weights"]["Dense_0"]["kernel"] = weights * 3
     assert not np.allclose(net.apply(variables, obs, task), net.apply(scaled, obs, task))
     # Recompute by hand: experts -> Gram-Schmidt -> w . U -> tanh -> head of the task.
     experts = jnp.stack([
-        MLP((16, 8)).apply({"params": jax.tree.map(lambda x: x[e], p["VmapMLP_0"])}, obs)
+        MLP((16, 8)).apply({"params": jax.tree.map(lambda x, e=e: x[e], p["VmapMLP_0"])}, obs)
         for e in range(3)
     ], axis=1)
     u = gram_schmidt(experts)
@@ -107,6 +110,7 @@ def test_moe_skips_orthogonalisation():
     obs = jax.random.normal(jax.random.PRNGKey(9), (4, OBS))
     task = jnp.array([0, 1, 2, 0])
     moe = make_network(NetworkConfig(arch="moe", hidden_sizes=(8,), num_experts=2), NUM_TASKS, 2)
-    moore = make_network(NetworkConfig(arch="moore", hidden_sizes=(8,), num_experts=2), NUM_TASKS, 2)
+    moore_cfg = NetworkConfig(arch="moore", hidden_sizes=(8,), num_experts=2)
+    moore = make_network(moore_cfg, NUM_TASKS, 2)
     params = moe.init(jax.random.PRNGKey(10), obs, task)
     assert not np.allclose(moe.apply(params, obs, task), moore.apply(params, obs, task))

@@ -48,5 +48,6 @@ def test_filled_round_trip():
         np.testing.assert_array_equal(back.data[k], buf.data[k])
     assert int(back.size) == 5 and int(back.ptr) == 5
     key = jax.random.PRNGKey(1)
-    np.testing.assert_array_equal(replay.sample(back, key, 4)["obs"], replay.sample(buf, key, 4)["obs"])
+    np.testing.assert_array_equal(replay.sample(back, key, 4)["obs"],
+                                  replay.sample(buf, key, 4)["obs"])
     assert jnp.all(back.data["obs"][:, 5:] == 0)

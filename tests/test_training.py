@@ -104,7 +104,7 @@ def test_sigkilled_run_resumes_to_identical_numbers(tmp_path, mode):
     ours, meta = _final_params(run)
     theirs, ref_meta = _final_params(ref_run)
     assert meta["env_steps"] == ref_meta["env_steps"] == 400
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     again = subprocess.run([sys.executable, str(ROOT / "launch.py"), "train", "--resume", str(run)],

@@ -8,7 +8,7 @@ Meta-World's scripted experts go through the same code.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
@@ -48,7 +48,7 @@ def scripted_agent(task_names: tuple[str, ...]) -> Callable[[np.ndarray], np.nda
     experts = [ENV_POLICY_MAP[name]() for name in task_names]
 
     def act(obs: np.ndarray) -> np.ndarray:
-        return np.stack([expert.get_action(o) for expert, o in zip(experts, obs)])
+        return np.stack([expert.get_action(o) for expert, o in zip(experts, obs, strict=True)])
 
     return act
 

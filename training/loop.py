@@ -100,6 +100,9 @@ class Trainer:
         self.actor_params = self._to_actor(self.state.actor_params)
         self.progress = Progress()
         self.obs = self.env.reset()
+        self._episode_return = np.zeros(self.num_tasks)
+        self._episode_success = np.zeros(self.num_tasks, bool)
+        self._pending = None  # (step, metrics) of an update not yet checked for NaN
 
     def _restore(self):
         tree, meta = self.checkpointer.restore()
@@ -155,9 +158,6 @@ class Trainer:
                                purge_step=self.progress.env_steps + 1 if resume else None)
         total = cfg.train.total_steps_per_task
         chunk = cfg.train.chunk_steps
-        episode_return = np.zeros(self.num_tasks)
-        episode_success = np.zeros(self.num_tasks, bool)
-        pending = None  # metrics of the last update not yet checked (async mode)
         last_eval = None
         bar = tqdm(total=total, initial=self.progress.env_steps, unit="step", desc=cfg.preset,
                    disable=not self.show_progress, dynamic_ncols=True)
@@ -166,32 +166,19 @@ class Trainer:
                 last_eval = self._maybe_evaluate_and_save(writer)
             t_start, steps_start = time.perf_counter(), self.progress.env_steps
             while self.progress.env_steps < total:
-                transitions, episodes = self._collect(chunk, episode_return, episode_success)
-                for ep_return, ep_success in episodes:
-                    self._log_episodes(writer, ep_return, ep_success)
-                size_before = min(self.progress.env_steps, self.buffer.capacity)
-                self.buffer = self._insert(self.buffer, transitions)
-                self.progress.env_steps += chunk
-                if cfg.train.async_actor:
-                    # Params after update k-1 drive chunk k+1 while update k runs.
-                    pending = self._check_and_log(pending, writer)
-                    self.actor_params = self._to_actor(self.state.actor_params)
-                    pending = self._update(size_before, chunk)
-                else:
-                    pending = self._check_and_log(self._update(size_before, chunk), writer)
-                    self.actor_params = self._to_actor(self.state.actor_params)
+                self.run_chunk(writer)
                 step = self.progress.env_steps
                 elapsed = time.perf_counter() - t_start
                 writer.add_scalar("perf/env_steps_per_s",
                                   (step - steps_start) * self.num_tasks / max(elapsed, 1e-9), step)
                 bar.update(chunk)
                 if self.env.at_episode_boundary or step >= total:
-                    pending = self._check_and_log(pending, writer)
+                    self._pending = self._check_and_log(self._pending, writer)
                     result = self._maybe_evaluate_and_save(writer)
                     if result is not None:
                         last_eval = result
                         bar.set_postfix(success=f"{result['mean_success']:.2f}")
-            self._check_and_log(pending, writer)
+            self._pending = self._check_and_log(self._pending, writer)
             if last_eval is None or last_eval["step"] != self.progress.env_steps:
                 last_eval = self._evaluate(writer)
             # final.json first: if killed before the final checkpoint, a resume redoes the
@@ -203,15 +190,31 @@ class Trainer:
             writer.close()
         return last_eval
 
-    def _collect(self, length, episode_return, episode_success):
+    def run_chunk(self, writer) -> None:
+        """One iteration of the loop: collect a chunk, insert it, run its gradient steps."""
+        chunk = self.cfg.train.chunk_steps
+        transitions = self._collect(chunk, writer)
+        size_before = min(self.progress.env_steps, self.buffer.capacity)
+        self.buffer = self._insert(self.buffer, transitions)
+        self.progress.env_steps += chunk
+        if self.cfg.train.async_actor:
+            # Params after update k-1 drive chunk k+1 while update k runs.
+            self._pending = self._check_and_log(self._pending, writer)
+            self.actor_params = self._to_actor(self.state.actor_params)
+            self._pending = self._update(size_before, chunk)
+        else:
+            self._pending = self._check_and_log(self._update(size_before, chunk), writer)
+            self.actor_params = self._to_actor(self.state.actor_params)
+
+    def _collect(self, length, writer):
         n = self.num_tasks
         obs_buf = np.empty((length, n, OBS_DIM), np.float32)
         act_buf = np.empty((length, n, ACTION_DIM), np.float32)
         rew_buf = np.empty((length, n), np.float32)
         next_buf = np.empty((length, n, OBS_DIM), np.float32)
         term_buf = np.empty((length, n), np.float32)
-        episodes = []
         params = self.actor_params
+        episode_return, episode_success = self._episode_return, self._episode_success
         for t in range(length):
             obs = jax.device_put(self.obs.astype(np.float32), self.actor_device)
             action, self.actor_key = self._act(params, obs, self.actor_key, False)
@@ -227,13 +230,12 @@ class Trainer:
             episode_return += result.reward
             episode_success |= result.success
             if np.any(result.terminated | result.truncated):
-                episodes.append((episode_return.copy(), episode_success.copy()))
+                self._log_episodes(writer, episode_return, episode_success, t + 1)
                 episode_return[:] = 0.0
                 episode_success[:] = False
             self.obs = result.obs
-        transitions = {"obs": obs_buf, "action": act_buf, "reward": rew_buf,
-                       "next_obs": next_buf, "terminated": term_buf}
-        return transitions, episodes
+        return {"obs": obs_buf, "action": act_buf, "reward": rew_buf, "next_obs": next_buf,
+                "terminated": term_buf}
 
     def _update(self, size_before, length):
         sac = self.cfg.sac
@@ -247,7 +249,7 @@ class Trainer:
         return self.progress.env_steps, metrics
 
     def _check_and_log(self, pending, writer):
-        """Stop on a non-finite loss, else log the chunk's metrics. Returns None (nothing pending)."""
+        """Stop on a non-finite loss, else log the chunk's metrics; returns None (none pending)."""
         if pending is None:
             return None
         step, metrics = pending
@@ -265,12 +267,12 @@ class Trainer:
         for name in ("critic_loss", "actor_loss", "q_mean", "entropy"):
             writer.add_scalar(f"train/{name}", float(np.mean(metrics[name])), step)
         alphas = np.asarray(metrics["alpha"])[-1]
-        for task, alpha in zip(self.env.task_names, alphas):
+        for task, alpha in zip(self.env.task_names, alphas, strict=True):
             writer.add_scalar(f"alpha/{task}", float(alpha), step)
 
-    def _log_episodes(self, writer, returns, successes):
-        step = self.progress.env_steps
-        for task, ret, succ in zip(self.env.task_names, returns, successes):
+    def _log_episodes(self, writer, returns, successes, steps_into_chunk):
+        step = self.progress.env_steps + steps_into_chunk
+        for task, ret, succ in zip(self.env.task_names, returns, successes, strict=True):
             writer.add_scalar(f"train_return/{task}", float(ret), step)
             writer.add_scalar(f"train_success/{task}", float(succ), step)
         writer.add_scalar("train/mean_success", float(np.mean(successes)), step)

@@ -64,7 +64,8 @@ def sample(buffer: ReplayBuffer, key: jax.Array, per_task: int) -> dict:
     num_tasks = buffer.num_tasks
     idx = jax.random.randint(key, (num_tasks, per_task), 0, jnp.maximum(buffer.size, 1))
     rows = jnp.arange(num_tasks)[:, None]
-    batch = {k: v[rows, idx].reshape(num_tasks * per_task, *v.shape[2:]) for k, v in buffer.data.items()}
+    batch = {k: v[rows, idx].reshape(num_tasks * per_task, *v.shape[2:])
+             for k, v in buffer.data.items()}
     batch["task_id"] = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
     return batch
 

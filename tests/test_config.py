@@ -1,0 +1,46 @@
+"""Presets and configs: every preset validates, round-trips through JSON, and builds its suite."""
+
+import pytest
+
+from envs.metaworld import MT10_TASKS, MT50_TASKS, suite_tasks
+from experiments.presets import PRESETS, get_preset
+from training import config as config_lib
+from training.errors import UsageError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate_and_round_trip(name):
+    cfg = get_preset(name, seed=3)
+    config_lib.validate(cfg)
+    assert cfg.preset == name and cfg.seed == 3
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
+
+
+def test_paper_presets_match_moore():
+    moore10, moore50 = get_preset("mt10_moore"), get_preset("mt50_moore")
+    assert suite_tasks(moore10.env.suite) == MT10_TASKS and len(MT10_TASKS) == 10
+    assert suite_tasks(moore50.env.suite) == MT50_TASKS and len(MT50_TASKS) == 50
+    assert (moore10.network.num_experts, moore50.network.num_experts) == (4, 6)
+    assert moore10.network.hidden_sizes == (400, 400, 400)
+    assert moore10.sac.buffer_size_per_task == 1_000_000
+    assert moore50.sac.buffer_size_per_task == 100_000
+    assert moore10.sac.batch_size_per_task == 128
+    assert moore10.train.total_steps_per_task == 2_000_000
+    paper = get_preset("mt10_moore_paper")
+    assert paper.env.max_episode_steps == 150
+    assert (paper.eval.episodes, paper.eval.deterministic) == (10, False)
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = config_lib.apply_overrides(get_preset("mt10_moore"), {
+        "network.hidden_sizes": "64,32", "train.async_actor": "true", "sac.target_entropy": "none",
+        "train.total_steps_per_task": "1e5", "env.tasks": "reach-v3,push-v3"})
+    assert cfg.network.hidden_sizes == (64, 32) and cfg.train.async_actor is True
+    assert cfg.sac.target_entropy is None and cfg.train.total_steps_per_task == 100_000
+    assert cfg.env.tasks == ("reach-v3", "push-v3")
+    assert config_lib.diff(get_preset("mt10_moore"), cfg) == [
+        "env.tasks", "network.hidden_sizes", "train.async_actor", "train.total_steps_per_task"]
+    with pytest.raises(UsageError, match="bad value 'maybe' for --train.async_actor"):
+        config_lib.apply_overrides(cfg, {"train.async_actor": "maybe"})
+    with pytest.raises(UsageError, match="--train.chunk_steps \\(70\\) must divide"):
+        config_lib.validate(config_lib.apply_overrides(cfg, {"train.chunk_steps": "70"}))
