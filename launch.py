@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per task (default: the run's, or 10)")
     ev.add_argument("--seed", type=int, default=0, help="env seed (with --agent)")
     ev.add_argument("--max-episode-steps", type=int, default=500, help="(with --agent)")
-    ev.add_argument("--stochastic", action="store_true", help="sample actions (with --run)")
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("--stochastic", action="store_true",
+                      help="sample actions (with --run; default: as the run evaluated)")
+    mode.add_argument("--deterministic", action="store_true",
+                      help="mean actions (with --run; default: as the run evaluated)")
     return parser
 
 
@@ -143,8 +147,11 @@ def cmd_eval(args) -> int:
 
     run = Path(args.run)
     cfg = run_lib.load_config(run)
+    deterministic = cfg.eval.deterministic
+    if args.stochastic or args.deterministic:
+        deterministic = args.deterministic
     result = reevaluate(cfg, run, step=args.checkpoint, episodes=args.episodes,
-                        deterministic=not args.stochastic)
+                        deterministic=deterministic)
     _print_result(result, f"{run} at step {result['step']}")
     print(f"\nappended to {run / 'reeval.jsonl'}")
     return 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +37,9 @@ from training import replay  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
 
 ARCHS = {"mtsac": ("mtmlp", 1), "moore": ("moore", 4)}
+# (hidden sizes, samples per task): MOORE's paper size and the demo preset's size.
+SIZES = {"paper 3x400, batch 128/task": ((400, 400, 400), 128),
+         "demo 2x128, batch 32/task": ((128, 128), 32)}
 
 
 def _timed(fn, repeats):
@@ -77,43 +82,70 @@ def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
     return steps / _timed(run, repeats)
 
 
-def bench_torch(name: str, repeats: int) -> float | None:
-    """The same update in eager PyTorch; None when torch is not installed."""
-    try:
-        from bench.torch_reference import build_torch_update
-    except ImportError:
+_TORCH_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from bench.torch_reference import build_torch_update
+update = build_torch_update({arch!r}, num_tasks=10, hidden_sizes={hidden!r},
+                            num_experts={experts}, batch_size_per_task={per_task})
+update()
+times = []
+for _ in range({repeats}):
+    t = time.perf_counter(); update(); times.append(time.perf_counter() - t)
+times.sort()
+print(json.dumps(1.0 / times[len(times) // 2]))
+"""
+
+
+def bench_torch(name: str, hidden, per_task: int, repeats: int) -> float | None:
+    """The same update in eager PyTorch, in a child process of this script: in one process,
+    the CPU thread pools of JAX and PyTorch spin against each other and slow both."""
+    if importlib.util.find_spec("torch") is None:
         return None
     arch, experts = ARCHS[name]
-    update = build_torch_update(arch, num_tasks=10, hidden_sizes=(400, 400, 400),
-                                num_experts=experts, batch_size_per_task=128)
-    return 1.0 / _timed(update, repeats)
+    code = _TORCH_CHILD.format(root=str(ROOT), arch=arch, hidden=tuple(hidden), experts=experts,
+                               per_task=per_task, repeats=max(repeats, 3) * 3)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
-def bench_loop(cfg: Config, chunks: int) -> dict:
-    """Whole-loop env-steps/s after warm-up vs raw env stepping and the update alone."""
+def bench_loop(cfg: Config, chunks: int, rounds: int) -> dict:
+    """Seconds per vector-env step of: raw env stepping, the update alone, the whole loop.
+
+    All three use the same Trainer (same env objects, same jitted update, same buffer) and
+    are measured in alternation, `rounds` times, and the medians reported, so that machine
+    noise hits them alike.
+    """
     from training.loop import Trainer
 
+    length = cfg.train.chunk_steps
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), show_progress=False)
         trainer._fresh()
         writer = _NullWriter()
-        # Raw env stepping, random actions, the same env object.
-        actions = np.random.default_rng(0).uniform(-1, 1, (cfg.train.chunk_steps, 10, 4))
-        t = time.perf_counter()
-        for _ in range(2):
+        while trainer.progress.env_steps <= cfg.sac.actor_warmup:  # past both warm-ups
+            trainer.run_chunk(writer)
+        actions = np.random.default_rng(0).uniform(-1, 1, (length, trainer.num_tasks, 4))
+        on = jnp.ones((length,), bool)
+        env_s, update_s, loop_s = [], [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
             for a in actions:
                 trainer.env.step(a)
-        env_step_s = (time.perf_counter() - t) / (2 * len(actions))
-        # Past the warm-up so every chunk runs its full gradient steps.
-        while trainer.progress.env_steps <= cfg.sac.actor_warmup:
-            trainer.run_chunk(writer)
-        jax.block_until_ready(trainer.state)
-        t = time.perf_counter()
-        for _ in range(chunks):
-            trainer.run_chunk(writer)
-        jax.block_until_ready(trainer.state)
-        loop_step_s = (time.perf_counter() - t) / (chunks * cfg.train.chunk_steps)
-    return {"env_step_s": env_step_s, "loop_step_s": loop_step_s}
+            env_s.append((time.perf_counter() - t) / length)
+            t = time.perf_counter()
+            trainer.state, metrics = trainer._train_chunk(trainer.state, trainer.buffer, on, on)
+            jax.block_until_ready(metrics)
+            update_s.append((time.perf_counter() - t) / length)
+            t = time.perf_counter()
+            for _ in range(chunks):
+                trainer.run_chunk(writer)
+            trainer._pending = None
+            jax.block_until_ready(trainer.state)
+            loop_s.append((time.perf_counter() - t) / (chunks * length))
+    return {"env_step_s": float(np.median(env_s)), "update_s": float(np.median(update_s)),
+            "loop_step_s": float(np.median(loop_s))}
 
 
 class _NullWriter:
@@ -121,10 +153,11 @@ class _NullWriter:
         pass
 
 
-def paper_config(name: str) -> Config:
+def sized_config(name: str, hidden=(400, 400, 400), per_task: int = 128) -> Config:
     arch, experts = ARCHS[name]
-    cfg = get_preset(f"mt10_{name}" if name != "mtsac" else "mt10_mtsac")
-    return dataclasses.replace(cfg, network=NetworkConfig(arch, (400, 400, 400), experts))
+    cfg = get_preset(f"mt10_{name}")
+    return dataclasses.replace(cfg, network=NetworkConfig(arch, hidden, experts),
+                               sac=dataclasses.replace(cfg.sac, batch_size_per_task=per_task))
 
 
 def main():
@@ -134,46 +167,41 @@ def main():
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     steps = 5 if args.quick else 20
-    rows = []
     out = []
     device = jax.devices()[0]
     out.append(f"machine: {platform.machine()}, {jax.device_count()} x {device.device_kind} "
                f"({device.platform}), jax {jax.__version__}")
 
-    learner_rate = {}
-    for name in ARCHS:
-        cfg = paper_config(name)
-        rate = bench_learner(cfg, steps, repeats)
-        learner_rate[name] = rate
-        torch_rate = bench_torch(name, repeats)
-        ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a (torch not installed)"
-        torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
-        rows.append(f"| {name} | {rate:.2f} | {torch_txt} | {ratio} |")
-        print(rows[-1], flush=True)
-    out.append("\n(a, c) learner updates/s, MT10, 3x400, batch 1280 (128 per task)\n")
-    out.append("| agent | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |")
-    out.append("|---|---|---|---|")
-    out.extend(rows)
+    out.append("\n(a, c) learner updates/s on MT10 (10 tasks), one jitted chunk of gradient "
+               "steps vs the same update in eager PyTorch\n")
+    out.append("| agent | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |")
+    out.append("|---|---|---|---|---|")
+    for size, (hidden, per_task) in SIZES.items():
+        for name in ARCHS:
+            cfg = sized_config(name, hidden, per_task)
+            rate = bench_learner(cfg, steps if "paper" in size else 10 * steps, repeats)
+            torch_rate = bench_torch(name, hidden, per_task, repeats)
+            ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a (torch not installed)"
+            torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
+            out.append(f"| {name} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")
+            print(out[-1], flush=True)
 
-    out.append("\n(b) whole loop, MT10, env-steps per vector step (10 tasks)\n")
-    out.append("| agent | mode | raw env ms/step | update ms/step | loop ms/step | "
-               "loop / (env + update) | loop / max(env, update) |")
-    out.append("|---|---|---|---|---|---|---|")
-    chunks = 2 if args.quick else 6
+    out.append("\n(b) whole loop on MT10 at paper size, ms per vector-env step (10 env steps), "
+               "medians of alternating rounds\n")
+    out.append("| agent | mode | raw env | update | loop | loop / (env + update) |")
+    out.append("|---|---|---|---|---|---|")
     for name in ARCHS:
         for mode in ("sync", "async"):
-            cfg = apply_overrides(paper_config(name), {
+            cfg = apply_overrides(sized_config(name), {
                 "train.async_actor": str(mode == "async"),
                 "sac.critic_warmup": "100", "sac.actor_warmup": "150",
                 "sac.buffer_size_per_task": "20000"})
-            r = bench_loop(cfg, chunks)
-            update_s = 1.0 / learner_rate[name]
-            serial = r["env_step_s"] + update_s
-            row = (f"| {name} | {mode} | {r['env_step_s'] * 1e3:.2f} | {update_s * 1e3:.1f} | "
-                   f"{r['loop_step_s'] * 1e3:.1f} | {r['loop_step_s'] / serial:.3f} | "
-                   f"{r['loop_step_s'] / max(r['env_step_s'], update_s):.3f} |")
-            out.append(row)
-            print(row, flush=True)
+            r = bench_loop(cfg, chunks=1 if args.quick else 2, rounds=2 if args.quick else 3)
+            serial = r["env_step_s"] + r["update_s"]
+            out.append(f"| {name} | {mode} | {r['env_step_s'] * 1e3:.2f} | "
+                       f"{r['update_s'] * 1e3:.1f} | {r['loop_step_s'] * 1e3:.1f} | "
+                       f"{r['loop_step_s'] / serial:.3f} |")
+            print(out[-1], flush=True)
     text = "\n".join(out)
     print(text)
     if args.write:

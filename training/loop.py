@@ -57,8 +57,16 @@ def make_env(cfg: Config, seed: int) -> MetaWorldVectorEnv:
                               max_episode_steps=cfg.env.max_episode_steps)
 
 
-def eval_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step, 0xE7A1]).generate_state(1)[0])
+def root_keys(seed: int):
+    """The run's (learner, actor, evaluation) keys: everything random derives from the seed."""
+    return jax.random.split(jax.random.PRNGKey(seed), 3)
+
+
+def eval_randomness(seed: int, step: int):
+    """(env seed, action key) of the evaluation at `step`: the same for the training run's
+    evaluation and for `launch.py eval --run`, so re-evaluating a checkpoint reproduces it."""
+    env_seed = int(np.random.SeedSequence([seed, step, 0xE7A1]).generate_state(1)[0])
+    return env_seed, jax.random.fold_in(root_keys(seed)[2], step)
 
 
 class Trainer:
@@ -91,9 +99,8 @@ class Trainer:
     # ---- state -----------------------------------------------------------------------------
 
     def _fresh(self):
-        root = jax.random.PRNGKey(self.cfg.seed)
-        learner_key, actor_key, eval_key = jax.random.split(root, 3)
-        self.actor_key, self.eval_key = jax.device_put((actor_key, eval_key), self.actor_device)
+        learner_key, actor_key, _ = root_keys(self.cfg.seed)
+        self.actor_key = jax.device_put(actor_key, self.actor_device)
         self.state = self.learner.init(learner_key)
         self.buffer = replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task,
                                          OBS_DIM, ACTION_DIM)
@@ -115,8 +122,7 @@ class Trainer:
         if "buffer" in tree:
             self.buffer = replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
                                              meta["buffer_ptr"])
-        self.actor_key, self.eval_key = jax.device_put((tree["actor_key"], tree["eval_key"]),
-                                                       self.actor_device)
+        self.actor_key = jax.device_put(tree["actor_key"], self.actor_device)
         self.progress = Progress(**meta["progress"])
         self.obs = self.env.restore(meta["env_rng"])
         run_lib.truncate_evals(self.run, self.progress.env_steps)
@@ -127,7 +133,6 @@ class Trainer:
             "learner": serialization.to_state_dict(self.state),
             "actor_params": serialization.to_state_dict(self.actor_params),
             "actor_key": self.actor_key,
-            "eval_key": self.eval_key,
         }
         if step > 0:  # orbax cannot store zero-size arrays
             tree["buffer"] = replay.filled(self.buffer)
@@ -290,9 +295,10 @@ class Trainer:
 
     def _evaluate(self, writer) -> dict:
         cfg, step = self.cfg, self.progress.env_steps
-        self.eval_env.reseed(eval_seed(cfg.seed, step))
+        env_seed, key = eval_randomness(cfg.seed, step)
+        self.eval_env.reseed(env_seed)
         params = self._to_actor(self.state.actor_params)
-        key = jax.random.fold_in(self.eval_key, step)
+        key = jax.device_put(key, self.actor_device)
 
         def act(obs):
             nonlocal key
@@ -323,8 +329,8 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     template = learner.init(jax.random.PRNGKey(0))
     params = serialization.from_state_dict(template.actor_params, tree["learner"]["actor_params"])
     act_fn = jax.jit(learner.policy, static_argnums=4)
-    key = jax.random.PRNGKey(cfg.seed)
-    env.reseed(eval_seed(cfg.seed, meta["env_steps"]))
+    env_seed, key = eval_randomness(cfg.seed, meta["env_steps"])
+    env.reseed(env_seed)
 
     def act(obs):
         nonlocal key
