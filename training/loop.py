@@ -57,6 +57,33 @@ def make_env(cfg: Config, seed: int) -> MetaWorldVectorEnv:
                               max_episode_steps=cfg.env.max_episode_steps)
 
 
+def jitted_act(learner):
+    """jit of (params, obs, key, deterministic) -> (action, next key) for one env step.
+
+    Inputs committed to the CPU device (params, obs, key) make it run there, whatever the
+    learner's device is.
+    """
+
+    def act(params, obs, key, deterministic):
+        key, sub = jax.random.split(key)
+        return learner.policy(params, obs, jnp.arange(obs.shape[0]), sub, deterministic), key
+
+    return jax.jit(act)
+
+
+def eval_actor(act, params, key, deterministic: bool, device):
+    """The evaluation's `obs -> actions` function over a jitted_act."""
+    params, key = jax.device_put((params, key), device)
+
+    def actor(obs):
+        nonlocal key
+        action, key = act(params, jax.device_put(obs.astype(np.float32), device), key,
+                          deterministic)
+        return np.asarray(action)
+
+    return actor
+
+
 def root_keys(seed: int):
     """The run's (learner, actor, evaluation) keys: everything random derives from the seed."""
     return jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -85,15 +112,7 @@ class Trainer:
         self.actor_device = jax.devices("cpu")[0]
         self._insert = jax.jit(replay.insert, donate_argnums=0)
         self._train_chunk = jax.jit(self.learner.train_chunk, donate_argnums=0)
-        policy = self.learner.policy
-
-        def act(params, obs, key, deterministic):
-            key, sub = jax.random.split(key)
-            return policy(params, obs, jnp.arange(obs.shape[0]), sub, deterministic), key
-
-        # Inputs committed to the CPU device (params via _to_actor, obs and key below) make
-        # this jit run there, whatever the learner's device is.
-        self._act = jax.jit(act)
+        self._act = jitted_act(self.learner)
         self.checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
 
     # ---- state -----------------------------------------------------------------------------
@@ -297,15 +316,8 @@ class Trainer:
         cfg, step = self.cfg, self.progress.env_steps
         env_seed, key = eval_randomness(cfg.seed, step)
         self.eval_env.reseed(env_seed)
-        params = self._to_actor(self.state.actor_params)
-        key = jax.device_put(key, self.actor_device)
-
-        def act(obs):
-            nonlocal key
-            obs = jax.device_put(obs.astype(np.float32), self.actor_device)
-            action, key = self._act(params, obs, key, cfg.eval.deterministic)
-            return np.asarray(action)
-
+        act = eval_actor(self._act, self._to_actor(self.state.actor_params), key,
+                         cfg.eval.deterministic, self.actor_device)
         result = evaluate(act, self.eval_env, cfg.eval.episodes)
         record = {"step": step, "suite": cfg.env.suite, "updates": int(self.state.updates),
                   "deterministic": cfg.eval.deterministic, **result}
@@ -328,16 +340,9 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     learner = make_learner(cfg.sac, cfg.network, env.num_tasks, OBS_DIM, ACTION_DIM)
     template = learner.init(jax.random.PRNGKey(0))
     params = serialization.from_state_dict(template.actor_params, tree["learner"]["actor_params"])
-    act_fn = jax.jit(learner.policy, static_argnums=4)
     env_seed, key = eval_randomness(cfg.seed, meta["env_steps"])
     env.reseed(env_seed)
-
-    def act(obs):
-        nonlocal key
-        key, sub = jax.random.split(key)
-        return np.asarray(act_fn(params, obs.astype(np.float32), jnp.arange(obs.shape[0]), sub,
-                                 deterministic))
-
+    act = eval_actor(jitted_act(learner), params, key, deterministic, jax.devices("cpu")[0])
     result = evaluate(act, env, episodes or cfg.eval.episodes)
     record = {"step": meta["env_steps"], "suite": cfg.env.suite, "deterministic": deterministic,
               **result}
