@@ -107,7 +107,6 @@ class Trainer:
         # Its own instances, same goal set (the benchmark seed), reseeded before each evaluation.
         self.eval_env = make_env(cfg, cfg.seed)
         self.num_tasks = self.env.num_tasks
-        self.task_ids = np.arange(self.num_tasks, dtype=np.int32)
         self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM)
         self.actor_device = jax.devices("cpu")[0]
         self._insert = jax.jit(replay.insert, donate_argnums=0)
@@ -139,6 +138,7 @@ class Trainer:
         self.actor_params = self._to_actor(
             serialization.from_state_dict(self.actor_params, tree["actor_params"]))
         if "buffer" in tree:
+            self.buffer = None  # free the empty template first: at paper scale it is GBs
             self.buffer = replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
                                              meta["buffer_ptr"])
         self.actor_key = jax.device_put(tree["actor_key"], self.actor_device)

@@ -78,8 +78,10 @@ def filled(buffer: ReplayBuffer) -> dict:
 def from_filled(data: dict, capacity: int, ptr: int) -> ReplayBuffer:
     """Inverse of `filled`: place the stored entries in a buffer of full capacity."""
     size = next(iter(data.values())).shape[1]
-    full = {
-        k: jnp.zeros((v.shape[0], capacity, *v.shape[2:]), jnp.float32).at[:, :size].set(v)
-        for k, v in data.items()
-    }
-    return ReplayBuffer(data=full, ptr=jnp.int32(ptr), size=jnp.int32(size))
+
+    @jax.jit
+    def place(stored):  # one jitted write: no second full-size temporary
+        return {k: jnp.zeros((v.shape[0], capacity, *v.shape[2:]), jnp.float32).at[:, :size].set(v)
+                for k, v in stored.items()}
+
+    return ReplayBuffer(data=place(data), ptr=jnp.int32(ptr), size=jnp.int32(size))
