@@ -118,28 +118,21 @@ def gram_schmidt(vectors: jax.Array, eps: float = 1e-8) -> jax.Array:
     return jnp.stack(basis, axis=-2)
 
 
-class SharedMLP(nn.Module):
+class OneHotMLP(nn.Module):
+    """Shared MLP on concat(obs, one_hot(task)); one output layer (MTSAC) or one per task."""
+
     num_tasks: int
     out_dim: int
     hidden_sizes: Sequence[int]
+    multi_head: bool
 
     @nn.compact
     def __call__(self, obs, task_id):
         x = jnp.concatenate([obs, jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)], -1)
         x = MLP(self.hidden_sizes, activate_final=True)(x)
+        if self.multi_head:
+            return TaskHeads(self.num_tasks, self.out_dim)(x, task_id)
         return Linear(self.out_dim)(x)
-
-
-class MultiHeadMLP(nn.Module):
-    num_tasks: int
-    out_dim: int
-    hidden_sizes: Sequence[int]
-
-    @nn.compact
-    def __call__(self, obs, task_id):
-        x = jnp.concatenate([obs, jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)], -1)
-        x = MLP(self.hidden_sizes, activate_final=True)(x)
-        return TaskHeads(self.num_tasks, self.out_dim)(x, task_id)
 
 
 class MixtureOfExperts(nn.Module):
@@ -190,10 +183,8 @@ def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
     if not cfg.hidden_sizes or min(cfg.hidden_sizes) <= 0:
         raise UsageError(f"network.hidden_sizes must be positive, got {cfg.hidden_sizes}")
     sizes = tuple(cfg.hidden_sizes)
-    if cfg.arch == "mtmlp":
-        return SharedMLP(num_tasks, out_dim, sizes)
-    if cfg.arch == "multihead":
-        return MultiHeadMLP(num_tasks, out_dim, sizes)
+    if cfg.arch in ("mtmlp", "multihead"):
+        return OneHotMLP(num_tasks, out_dim, sizes, multi_head=cfg.arch == "multihead")
     if cfg.num_experts < 1:
         raise UsageError(f"network.num_experts must be >= 1, got {cfg.num_experts}")
     return MixtureOfExperts(num_tasks, out_dim, sizes, cfg.num_experts, cfg.arch == "moore")
