@@ -56,6 +56,20 @@ def suite_tasks(suite: str, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:
     return SUITES[suite]
 
 
+def check_env_args(suite: str, tasks: tuple[str, ...], reward_version: str,
+                   max_episode_steps: int) -> tuple[str, ...]:
+    """Reject what Meta-World cannot build (a UsageError naming the value); returns the tasks."""
+    names = suite_tasks(suite, tasks)
+    if reward_version not in REWARD_VERSIONS:
+        raise UsageError(
+            f"unknown reward_version '{reward_version}'; valid: {', '.join(REWARD_VERSIONS)}"
+        )
+    if not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
+        raise UsageError(f"max_episode_steps must be in [1, {MAX_PATH_LENGTH}] (Meta-World's "
+                         f"limit), got {max_episode_steps}")
+    return names
+
+
 @dataclass(frozen=True)
 class StepResult:
     obs: np.ndarray  # (n_tasks, 39) float64; reset obs where an episode ended
@@ -77,15 +91,7 @@ class MetaWorldVectorEnv:
         reward_version: str = "v2",
         max_episode_steps: int = MAX_PATH_LENGTH,
     ):
-        self.task_names = suite_tasks(suite, tasks)
-        if reward_version not in REWARD_VERSIONS:
-            raise UsageError(
-                f"unknown reward_version '{reward_version}'; valid: {', '.join(REWARD_VERSIONS)}"
-            )
-        if not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
-            raise UsageError(
-                f"max_episode_steps must be in [1, {MAX_PATH_LENGTH}], got {max_episode_steps}"
-            )
+        self.task_names = check_env_args(suite, tasks, reward_version, max_episode_steps)
         self.num_tasks = len(self.task_names)
         self.max_episode_steps = max_episode_steps
         common = dict(

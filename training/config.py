@@ -189,15 +189,9 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--sac.gamma must be in [0, 1], got {s.gamma}")
     # Checked here, before a run directory exists, so bad input leaves nothing behind.
     from agents.networks import make_network
-    from envs.metaworld import MAX_PATH_LENGTH, REWARD_VERSIONS, suite_tasks
+    from envs.metaworld import check_env_args
 
-    suite_tasks(e.suite, e.tasks)
-    if e.reward_version not in REWARD_VERSIONS:
-        raise UsageError(f"unknown --env.reward_version '{e.reward_version}'; "
-                         f"valid: {', '.join(REWARD_VERSIONS)}")
-    if e.max_episode_steps > MAX_PATH_LENGTH:
-        raise UsageError(f"--env.max_episode_steps must be at most {MAX_PATH_LENGTH} "
-                         f"(Meta-World's limit), got {e.max_episode_steps}")
+    check_env_args(e.suite, e.tasks, e.reward_version, e.max_episode_steps)
     make_network(cfg.network, 1, 1)
 
 
