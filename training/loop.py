@@ -197,12 +197,12 @@ class Trainer:
                                   (step - steps_start) * self.num_tasks / max(elapsed, 1e-9), step)
                 bar.update(chunk)
                 if self.env.at_episode_boundary or step >= total:
-                    self._pending = self._check_and_log(self._pending, writer)
+                    self._check_and_log(writer)
                     result = self._maybe_evaluate_and_save(writer)
                     if result is not None:
                         last_eval = result
                         bar.set_postfix(success=f"{result['mean_success']:.2f}")
-            self._pending = self._check_and_log(self._pending, writer)
+            self._check_and_log(writer)
             if last_eval is None or last_eval["step"] != self.progress.env_steps:
                 last_eval = self._evaluate(writer)
             # final.json first: if killed before the final checkpoint, a resume redoes the
@@ -223,11 +223,12 @@ class Trainer:
         self.progress.env_steps += chunk
         if self.cfg.train.async_actor:
             # Params after update k-1 drive chunk k+1 while update k runs.
-            self._pending = self._check_and_log(self._pending, writer)
+            self._check_and_log(writer)
             self.actor_params = self._to_actor(self.state.actor_params)
             self._pending = self._update(size_before, chunk)
         else:
-            self._pending = self._check_and_log(self._update(size_before, chunk), writer)
+            self._pending = self._update(size_before, chunk)
+            self._check_and_log(writer)
             self.actor_params = self._to_actor(self.state.actor_params)
 
     def _collect(self, length, writer):
@@ -272,11 +273,12 @@ class Trainer:
                                                 jnp.asarray(actor_on))
         return self.progress.env_steps, metrics
 
-    def _check_and_log(self, pending, writer):
-        """Stop on a non-finite loss, else log the chunk's metrics; returns None (none pending)."""
-        if pending is None:
-            return None
-        step, metrics = pending
+    def _check_and_log(self, writer):
+        """Check the pending update's losses (stop if non-finite), log them, clear the pending."""
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
         for name in ("critic_loss", "actor_loss"):
             values = np.asarray(metrics[name])
             if not np.all(np.isfinite(values)):
@@ -285,7 +287,6 @@ class Trainer:
                     f"non-finite {name} in the update chunk ending at env step {step}; "
                     f"last good checkpoint: {self.checkpointer.directory / str(last)}")
         self._log_metrics(writer, metrics, step)
-        return None
 
     def _log_metrics(self, writer, metrics, step):
         for name in ("critic_loss", "actor_loss", "q_mean", "entropy"):
