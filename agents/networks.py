@@ -8,6 +8,11 @@ so any of them plugs into any algorithm. Architectures:
 - `moe`:       k expert MLPs on obs, mixed by task weights, tanh, one head per task.
 - `moore`:     as `moe`, but the expert outputs are orthonormalised per sample by
                Gram-Schmidt before mixing (Hendawy et al., ICLR 2024).
+- `paco`, `care`, `softmod`: PaCo, CARE and Soft Modularization (agents/modular.py).
+- `unitmask`, `weightmask`: task-conditioned unit and weight masks (agents/masks.py).
+
+`task_id` is (B,) or a scalar for a batch of one task (the learners vmap their losses over a
+task-split batch that way); architectures that do not exploit the scalar form broadcast it.
 
 Experts and heads are stacked parameters evaluated with `nn.vmap` / one einsum, never a
 Python loop over experts or tasks.
@@ -24,9 +29,10 @@ import jax.numpy as jnp
 
 from training.errors import UsageError
 
-ARCHITECTURES = ("mtmlp", "multihead", "moe", "moore")
+ARCHITECTURES = ("mtmlp", "multihead", "moe", "moore", "paco", "care", "softmod", "unitmask",
+                 "weightmask")
 
-# PyTorch's nn.Linear default (used by the MOORE and mtrl reference code): weights and biases
+# PyTorch's nn.Linear default (used by MOORE's reference code): weights and biases
 # uniform in +-1/sqrt(fan_in). Kept so our networks start where the reference ones do.
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -98,6 +104,11 @@ def _stacked_xavier(key, shape):
     return jax.vmap(lambda k: nn.initializers.xavier_uniform()(k, (fan_in, fan_out)))(keys)
 
 
+def per_sample(task_id: jax.Array, obs: jax.Array) -> jax.Array:
+    """A task id per sample, from either (B,) ids or one scalar id for the whole batch."""
+    return jnp.broadcast_to(task_id, obs.shape[:-1])
+
+
 def gram_schmidt(vectors: jax.Array, eps: float = 1e-8) -> jax.Array:
     """Orthonormalise (..., k, d) along k, in order.
 
@@ -128,6 +139,7 @@ class OneHotMLP(nn.Module):
 
     @nn.compact
     def __call__(self, obs, task_id):
+        task_id = per_sample(task_id, obs)
         x = jnp.concatenate([obs, jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)], -1)
         x = MLP(self.hidden_sizes, activate_final=True)(x)
         if self.multi_head:
@@ -147,6 +159,7 @@ class MixtureOfExperts(nn.Module):
 
     @nn.compact
     def __call__(self, obs, task_id):
+        task_id = per_sample(task_id, obs)
         experts = nn.vmap(
             MLP,
             variable_axes={"params": 0},
@@ -173,7 +186,24 @@ class MixtureOfExperts(nn.Module):
 class NetworkConfig:
     arch: str = "moore"
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
-    num_experts: int = 4  # used by moe and moore only
+    # Experts of moe/moore; also CARE's encoders, PaCo's parameter sets and Soft Modules'
+    # modules per layer: each is "how many parallel copies the tasks mix".
+    num_experts: int = 4
+    # Soft Modularization: routed layers of modules and each module's width.
+    module_layers: int = 4
+    module_hidden: int = 128
+    # Task-conditioned masks: fraction of hidden units (unitmask) or of shared weights
+    # (weightmask) each task keeps active, and the size of unitmask's per-task code.
+    mask_density: float = 0.5
+    mask_code_dim: int = 16
+    # weightmask prune-and-regrow (HarmoDT): every `mask_update_every` gradient steps each task
+    # drops and regrows k weights per layer, k following 0 -> mask_update_max -> 0 (cosine).
+    mask_update_every: int = 1000
+    mask_update_max: int = 100
+    mask_update_gamma: float = 10.0
+    # PaCo: a task whose loss exceeds this is masked out of the shared update and its
+    # compositional vector is reset.
+    paco_reset_threshold: float = 3000.0
 
 
 def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
@@ -187,4 +217,30 @@ def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
         return OneHotMLP(num_tasks, out_dim, sizes, multi_head=cfg.arch == "multihead")
     if cfg.num_experts < 1:
         raise UsageError(f"network.num_experts must be >= 1, got {cfg.num_experts}")
-    return MixtureOfExperts(num_tasks, out_dim, sizes, cfg.num_experts, cfg.arch == "moore")
+    if cfg.arch in ("moe", "moore"):
+        return MixtureOfExperts(num_tasks, out_dim, sizes, cfg.num_experts, cfg.arch == "moore")
+    if cfg.arch in ("unitmask", "weightmask"):
+        from agents import masks
+
+        if not 0.0 < cfg.mask_density <= 1.0:
+            raise UsageError(f"network.mask_density must be in (0, 1], got {cfg.mask_density}")
+        if cfg.arch == "unitmask":
+            if cfg.mask_code_dim < 1:
+                raise UsageError(f"network.mask_code_dim must be >= 1, got {cfg.mask_code_dim}")
+            return masks.UnitMaskMLP(num_tasks, out_dim, sizes, cfg.mask_density,
+                                     cfg.mask_code_dim)
+        if cfg.mask_update_every < 1 or cfg.mask_update_max < 0:
+            raise UsageError("network.mask_update_every must be >= 1 and mask_update_max >= 0, "
+                             f"got {cfg.mask_update_every} and {cfg.mask_update_max}")
+        return masks.WeightMaskMLP(num_tasks, out_dim, sizes, cfg.mask_density)
+    from agents import modular
+
+    if cfg.arch == "paco":
+        return modular.PaCo(num_tasks, out_dim, sizes, cfg.num_experts)
+    if cfg.arch == "care":
+        return modular.CARE(num_tasks, out_dim, sizes, cfg.num_experts)
+    if cfg.module_layers < 2 or cfg.module_hidden < 1:
+        raise UsageError("network.module_layers must be >= 2 and network.module_hidden >= 1, "
+                         f"got {cfg.module_layers} and {cfg.module_hidden}")
+    return modular.SoftModular(num_tasks, out_dim, sizes, cfg.num_experts, cfg.module_layers,
+                               cfg.module_hidden)

@@ -63,11 +63,22 @@ def test_every_architecture_shares_one_interface(arch):
     obs = jax.random.normal(jax.random.PRNGKey(4), (NUM_TASKS, OBS))
     same_obs = jnp.broadcast_to(obs[:1], obs.shape)
     task = jnp.arange(NUM_TASKS)
-    params = net.init(jax.random.PRNGKey(5), obs, task)
-    out = net.apply(params, same_obs, task)
+    variables = net.init(jax.random.PRNGKey(5), obs, task)
+    # Some architectures start nearly task-independent by design (Soft Modules' routing
+    # starts uniform); perturbed parameters show whether the task id can condition the output.
+    leaves, tree = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.PRNGKey(6), len(leaves))
+    noisy = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    variables = {**variables, "params": jax.tree.unflatten(tree, noisy)}
+    out = net.apply(variables, same_obs, task)
     assert out.shape == (NUM_TASKS, 4)
     # The task id conditions the output: one observation, three tasks, three outputs.
     assert not np.allclose(out[0], out[1]) and not np.allclose(out[1], out[2])
+    # One scalar task id for a batch means the same as that id repeated per sample.
+    for t in range(NUM_TASKS):
+        np.testing.assert_allclose(net.apply(variables, obs, jnp.int32(t)),
+                                   net.apply(variables, obs, jnp.full((NUM_TASKS,), t)),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_moore_experts_see_the_observation_only():

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from agents.masks import MASKS, PROBE
 from agents.networks import NetworkConfig, make_network
 
 
@@ -46,7 +47,8 @@ class TwinCritic(nn.Module):
     def __call__(self, obs, action, task_id):
         twins = nn.vmap(
             _QNetwork,
-            variable_axes={"params": 0},
+            # Weight masks and their probes are per twin, like the parameters they mask.
+            variable_axes={"params": 0, MASKS: 0, PROBE: 0},
             split_rngs={"params": True},
             in_axes=None,
             out_axes=0,

@@ -7,6 +7,7 @@ updates runs without a host round trip.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from agents import gradient_surgery, masks
+from agents.arch_training import make_arch_training, polyak, trainable_only
 from agents.networks import NetworkConfig
 from agents.sac import losses
 from agents.sac.networks import Actor, TwinCritic, sample_tanh_gaussian
@@ -39,6 +42,11 @@ class SACConfig:
     actor_warmup: int = 3000  # actor and alpha updates once every task holds more than this
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    # How per-task gradients combine: "none" (mean), "pcgrad" or "gradnorm" (agents/
+    # gradient_surgery.py), for the actor and the critic alike.
+    gradient_surgery: str = "none"
+    gradnorm_alpha: float = 1.5
+    gradnorm_lr: float = 0.025
 
 
 @struct.dataclass
@@ -64,13 +72,33 @@ class Learner(NamedTuple):
 
 
 def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim: int,
-                 action_dim: int) -> Learner:
+                 action_dim: int, total_updates: int = 1) -> Learner:
+    """`total_updates` (gradient steps in the whole run) drives schedules over training:
+    weight masks' prune-and-regrow count."""
     actor = Actor(network, num_tasks, action_dim, sac.log_std_min, sac.log_std_max)
     critic = TwinCritic(network, num_tasks)
-    actor_tx = optax.adam(sac.actor_lr)
-    critic_tx = optax.adam(sac.critic_lr)
+    per_task_grads = sac.gradient_surgery != "none"
+
+    def optimiser(lr, combiner_name):
+        adam = optax.adam(lr)
+        if not per_task_grads:
+            return optax.with_extra_args_support(adam)
+        combiner = gradient_surgery.make_combiner(
+            combiner_name, num_tasks, seed=0, gradnorm_alpha=sac.gradnorm_alpha,
+            gradnorm_lr=sac.gradnorm_lr)
+        return optax.chain(combiner, adam)
+
+    # GradNorm balances loss ratios L_i(t) / L_i(0), which mean nothing for SAC's actor loss
+    # (it changes sign); the actor keeps the plain mean and the critic is balanced.
+    actor_tx = optimiser(sac.actor_lr, "none" if sac.gradient_surgery == "gradnorm"
+                         else sac.gradient_surgery)
+    critic_tx = optimiser(sac.critic_lr, sac.gradient_surgery)
     alpha_tx = optax.adam(sac.alpha_lr)
     target_entropy = -float(action_dim) if sac.target_entropy is None else sac.target_entropy
+    arch = make_arch_training(network)
+    actor_loss = functools.partial(losses.actor_loss, actor=actor, critic=critic)
+    critic_loss = functools.partial(losses.critic_loss, actor=actor, critic=critic,
+                                    gamma=sac.gamma)
 
     def init(key):
         k_actor, k_critic, k_state = jax.random.split(key, 3)
@@ -92,38 +120,130 @@ def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim
             updates=jnp.int32(0),
         )
 
+    def keep_all(losses_):
+        return jnp.ones_like(losses_)
+
+    def split_by_task(batch):
+        """(T * b, ...) task-major batch -> (T, b, ...) with one task id per slice."""
+        out = {k: v.reshape(num_tasks, -1, *v.shape[1:]) for k, v in batch.items()}
+        out["task_id"] = out["task_id"][:, 0]
+        return out
+
+    def regrow(state, actor_params, critic_params, task_batch, k_actor, k_critic,
+               log_alpha, critic_on, actor_on):
+        """Every `mask_update_every` updates, HarmoDT's prune-and-regrow on every task's
+        weight masks, scored by each task's own (unmasked) gradient."""
+        k = masks.regrow_count(state.updates, total_updates, network.mask_update_max)
+        due = critic_on & (state.updates % network.mask_update_every == 0) & (k > 0)
+
+        def step(params, loss_fn, key, shared):
+            _, _, grads = gradient_surgery.per_task_value_and_grad(
+                task_mean(loss_fn), params, task_batch, jax.random.split(key, num_tasks),
+                *shared,
+                args_in_axes=(0, *([None] * len(shared))))
+            new_masks = masks.regrow_tree(params[masks.MASKS], grads[masks.PROBE], k,
+                                          network.mask_update_gamma)
+            return {**params, masks.MASKS: new_masks}
+
+        def both(args):
+            actor_p, critic_p = args
+            new_actor = step(actor_p, actor_loss, k_actor, (critic_p, log_alpha))
+            new_actor = jax.tree.map(lambda n, o: jnp.where(actor_on, n, o), new_actor, actor_p)
+            new_critic = step(critic_p, critic_loss, k_critic,
+                              (state.target_critic_params, actor_p, log_alpha))
+            return new_actor, new_critic
+
+        return jax.lax.cond(due, both, lambda args: args, (actor_params, critic_params))
+
+    def per_task_losses(loss_fn, params, batch, task_batch, key, shared):
+        """(T,) mean loss of each task. One forward pass over the flat batch, except for
+        architectures that compute one task per pass (weight masks), which vmap the loss
+        over the task-split batch."""
+        if arch.one_task_per_pass:
+            keys = jax.random.split(key, num_tasks)
+            per_sample, aux = jax.vmap(loss_fn, in_axes=(None, 0, 0, *([None] * len(shared))))(
+                params, task_batch, keys, *shared)
+            return per_sample.mean(-1), aux
+        per_sample, aux = loss_fn(params, batch, key, *shared)
+        return per_sample.reshape(num_tasks, -1).mean(-1), aux
+
+    def task_mean(loss_fn):
+        def loss(params, batch_t, key_t, *shared):
+            per_sample, aux = loss_fn(params, batch_t, key_t, *shared)
+            return per_sample.mean(), aux
+
+        return loss
+
+    def gradient_step(loss_fn, params, tx, opt_state, batch, task_batch, key, shared, keep_tasks):
+        """Per-task losses and one optimiser step.
+
+        Tasks are weighted by `keep_tasks(losses)` (PaCo masks out diverging ones). Per-task
+        gradients are materialised only when the combiner needs them (PCGrad, GradNorm): a
+        vmapped value-and-grad over the task-split batch. Otherwise the gradient of the kept
+        tasks' mean loss is taken directly, at the cost of one ordinary backward pass.
+        """
+        if per_task_grads:
+            keys = jax.random.split(key, num_tasks)
+            losses_, aux, grads = gradient_surgery.per_task_value_and_grad(
+                task_mean(loss_fn), params, task_batch, keys, *shared,
+                args_in_axes=(0, *([None] * len(shared))))
+            keep = keep_tasks(losses_)
+            scale = keep * num_tasks / jnp.maximum(keep.sum(), 1.0)
+            grads = jax.tree.map(lambda g: g * scale.reshape(-1, *([1] * (g.ndim - 1))), grads)
+        else:
+            def mean_loss(p):
+                losses_, aux = per_task_losses(loss_fn, p, batch, task_batch, key, shared)
+                keep = jax.lax.stop_gradient(keep_tasks(losses_))
+                return jnp.sum(keep * losses_) / jnp.maximum(keep.sum(), 1.0), (losses_, aux)
+
+            (_, (losses_, aux)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        grads = trainable_only(grads)
+        updates, opt_state = tx.update(grads, opt_state, params, task_losses=losses_)
+        return optax.apply_updates(params, updates), opt_state, losses_, aux
+
     def update(state: SACState, batch, critic_on, actor_on):
-        """One SAC step in MOORE's order: actor, alpha, critic, target (each gated by warm-up)."""
-        key, k_actor, k_critic = jax.random.split(state.key, 3)
+        """One SAC step in MOORE's order: actor, alpha, critic, target (each gated by warm-up).
+
+        Losses are computed per task; with a batch of equal task shares their mean is the
+        usual multi-task SAC loss.
+        """
+        key, k_actor, k_critic, k_reset = jax.random.split(state.key, 4)
+        task_batch = split_by_task(batch)
 
         def keep_or(new, old, on):
             return jax.tree.map(lambda n, o: jnp.where(on, n, o), new, old)
 
-        (_, actor_info), actor_grads = jax.value_and_grad(losses.actor_loss, has_aux=True)(
-            state.actor_params, state.critic_params, state.log_alpha, batch, k_actor,
-            actor=actor, critic=critic)
-        actor_updates, actor_opt = actor_tx.update(actor_grads, state.actor_opt, state.actor_params)
-        actor_params = keep_or(optax.apply_updates(state.actor_params, actor_updates),
-                               state.actor_params, actor_on)
+        actor_params, actor_opt, actor_losses, actor_info = gradient_step(
+            actor_loss, state.actor_params, actor_tx, state.actor_opt, batch, task_batch, k_actor,
+            (state.critic_params, state.log_alpha), keep_all)
+        actor_params = keep_or(actor_params, state.actor_params, actor_on)
         actor_opt = keep_or(actor_opt, state.actor_opt, actor_on)
 
-        alpha_grads = jax.grad(losses.alpha_loss)(state.log_alpha, actor_info["log_prob"],
-                                                  batch["task_id"], target_entropy)
+        alpha_grads = jax.grad(losses.alpha_loss)(
+            state.log_alpha, actor_info["log_prob"].reshape(-1), batch["task_id"],
+            target_entropy)
         alpha_updates, alpha_opt = alpha_tx.update(alpha_grads, state.alpha_opt, state.log_alpha)
         log_alpha = keep_or(optax.apply_updates(state.log_alpha, alpha_updates),
                             state.log_alpha, actor_on)
         alpha_opt = keep_or(alpha_opt, state.alpha_opt, actor_on)
 
-        (_, critic_info), critic_grads = jax.value_and_grad(losses.critic_loss, has_aux=True)(
-            state.critic_params, state.target_critic_params, actor_params, log_alpha, batch,
-            k_critic, actor=actor, critic=critic, gamma=sac.gamma)
-        critic_updates, critic_opt = critic_tx.update(critic_grads, state.critic_opt,
-                                                      state.critic_params)
-        critic_params = keep_or(optax.apply_updates(state.critic_params, critic_updates),
-                                state.critic_params, critic_on)
+        critic_params, critic_opt, critic_losses, critic_info = gradient_step(
+            critic_loss, state.critic_params, critic_tx, state.critic_opt, batch, task_batch,
+            k_critic, (state.target_critic_params, actor_params, log_alpha), arch.keep_tasks)
+        # PaCo judges divergence by each task's critic loss and resets that task in both
+        # networks (its code sums all of a task's losses; the TD error is what blows up).
+        # The actor's step came first in MOORE's order, so it is not masked in this update.
+        actor_params = keep_or(arch.after_step(actor_params, critic_losses, k_reset),
+                               actor_params, actor_on)
+        critic_params = arch.after_step(critic_params, critic_losses,
+                                        jax.random.fold_in(k_reset, 1))
+        critic_params = keep_or(critic_params, state.critic_params, critic_on)
         critic_opt = keep_or(critic_opt, state.critic_opt, critic_on)
-        target = keep_or(optax.incremental_update(critic_params, state.target_critic_params,
-                                                  sac.tau),
+        if arch.regrows:
+            actor_params, critic_params = regrow(
+                state, actor_params, critic_params, task_batch, k_actor, k_critic,
+                log_alpha, critic_on, actor_on)
+        target = keep_or(polyak(critic_params, state.target_critic_params, sac.tau),
                          state.target_critic_params, critic_on)
 
         new_state = SACState(
@@ -138,11 +258,12 @@ def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim
             updates=state.updates + critic_on.astype(jnp.int32),
         )
         metrics = {
-            "critic_loss": critic_info["critic_loss"],
-            "q_mean": critic_info["q_mean"],
-            "actor_loss": actor_info["actor_loss"],
-            "entropy": actor_info["entropy"],
+            "critic_loss": critic_losses.mean(),
+            "q_mean": jnp.mean(critic_info["q_mean"]),
+            "actor_loss": actor_losses.mean(),
+            "entropy": jnp.mean(actor_info["entropy"]),
             "alpha": jnp.exp(log_alpha),
+            "critic_loss_per_task": critic_losses,
         }
         return new_state, metrics
 
