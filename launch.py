@@ -6,6 +6,10 @@
     python launch.py train --resume runs/<run>        # continue an interrupted run exactly
     python launch.py eval --run runs/<run>            # re-evaluate a saved run
     python launch.py eval --agent scripted --suite mt10 --episodes 10 --seed 0
+    python launch.py params --preset mt10_moore      # parameter counts per component
+    python launch.py grid experiments/<spec>.toml --backend local|slurm
+    python launch.py status experiments/<spec>.toml  # what is done, partial, new
+    python launch.py report runs/<grid> [--out DIR]  # tables and figures from eval.jsonl
 """
 
 from __future__ import annotations
@@ -62,12 +66,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint (overrides, if given, must equal the run's config)")
     train.add_argument("--out", default="runs", help="parent folder of new runs (default: runs)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    options = train.add_argument_group("options (defaults shown are the bare config's; a "
-                                       "preset sets its own)")
-    for name, hint, default in option_table():
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        options.add_argument(f"--{name}", dest=name, default=None, metavar=_type_label(hint),
-                             help=f"(default: {shown})")
+    _add_options(train, option_table())
+
+    params = commands.add_parser(
+        "params", help="parameter counts of a preset's networks, per component",
+        description="Parameter counts of the actor and critic, per component. Takes the same "
+                    "--preset and --section.field overrides as train.")
+    params.add_argument("--preset", default="demo", help="named configuration (default: demo)")
+    _add_options(params, option_table())
+
+    grid = commands.add_parser(
+        "grid", help="launch an experiment grid (presets x variants x seeds) from a spec",
+        description="Expand a grid spec (experiments/*.toml) into runs named "
+                    "<preset>[-<variant>]-s<seed> under OUT/<grid name>/; finished runs are "
+                    "skipped, interrupted ones resumed.")
+    grid.add_argument("spec", help="grid spec file (TOML), e.g. experiments/moore_mt10.toml")
+    grid.add_argument("--backend", default="local", help="local | slurm (default: local)")
+    grid.add_argument("--out", default="runs", help="parent folder of grids (default: runs)")
+    grid.add_argument("--max-parallel", type=int, help="local: runs at once (default: one "
+                      "per GPU, or cores / local.cores_per_run)")
+    grid.add_argument("--dry-run", action="store_true", help="list the runs, start nothing")
+
+    status = commands.add_parser("status", help="status table of a grid's runs")
+    status.add_argument("spec", help="grid spec file (TOML)")
+    status.add_argument("--out", default="runs", help="parent folder of grids (default: runs)")
+
+    report = commands.add_parser(
+        "report", help="per-task and summary tables (IQM, bootstrap CIs) and figures",
+        description="Read eval.jsonl of every run and write tables (Markdown, CSV, LaTeX) and "
+                    "figures (PNG).")
+    report.add_argument("paths", nargs="+", help="grid folders or run directories")
+    report.add_argument("--out", help="output folder (default: <grid>/report or ./report)")
 
     ev = commands.add_parser("eval", help="evaluate a saved run or a scripted agent")
     ev.add_argument("--run", metavar="DIR", help="run directory to re-evaluate")
@@ -87,15 +116,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_options(parser, table) -> None:
+    options = parser.add_argument_group("options (defaults shown are the bare config's; a "
+                                        "preset sets its own)")
+    for name, hint, default in table:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        options.add_argument(f"--{name}", dest=name, default=None, metavar=_type_label(hint),
+                             help=f"(default: {shown})")
+
+
+def _overrides(args) -> dict:
+    overrides = {name: value for name, value in vars(args).items()
+                 if "." in name and value is not None}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return overrides
+
+
+BACKENDS = ("local", "slurm")
+
+
+def cmd_grid(args) -> int:
+    from training import grid as grid_lib
+
+    if args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{args.backend}'; valid: {', '.join(BACKENDS)}")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+    spec = grid_lib.load_spec(args.spec)
+    runs = grid_lib.expand(spec, args.out)
+    if args.dry_run:
+        print(grid_lib.status_table(runs))
+        return 0
+    if args.backend == "slurm":
+        from training import slurm
+
+        jobs = slurm.submit(spec, runs)
+        print(f"submitted {len(jobs)} job(s): {', '.join(jobs)}")
+        return 0
+    codes = grid_lib.run_local(spec, runs, args.out, args.max_parallel)
+    print(grid_lib.status_table(runs))
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def cmd_status(args) -> int:
+    from training import grid as grid_lib
+
+    print(grid_lib.status_table(grid_lib.expand(grid_lib.load_spec(args.spec), args.out)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from training.report import report
+
+    print(report(args.paths, args.out))
+    return 0
+
+
+def cmd_params(args) -> int:
+    from experiments.presets import get_preset
+    from training import config as config_lib
+    from training.param_count import count_parameters, format_counts
+
+    cfg = config_lib.apply_overrides(get_preset(args.preset), _overrides(args))
+    config_lib.validate(cfg)
+    counts = count_parameters(cfg)
+    n = cfg.network
+    title = (f"{args.preset}: {n.arch}, hidden {','.join(map(str, n.hidden_sizes))}, "
+             f"{cfg.env.suite} ({counts['num_tasks']} tasks)")
+    print(format_counts(counts, title))
+    return 0
+
+
 def cmd_train(args) -> int:
     from experiments.presets import get_preset
     from training import config as config_lib
     from training import run_dir as run_lib
 
-    overrides = {name: value for name, value in vars(args).items()
-                 if "." in name and value is not None}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
+    overrides = _overrides(args)
     if args.resume:
         run = Path(args.resume)
         cfg = run_lib.load_config(run)
@@ -171,7 +269,9 @@ def main(argv: list[str]) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return cmd_train(args) if args.command == "train" else cmd_eval(args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "params": cmd_params,
+                    "grid": cmd_grid, "status": cmd_status, "report": cmd_report}
+        return commands[args.command](args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

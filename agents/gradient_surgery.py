@@ -140,6 +140,7 @@ class GradNormState(NamedTuple):
     weights: jax.Array  # (T,) task weights, summing to T
     initial_losses: jax.Array  # (T,) L_i(0), recorded at the first update
     count: jax.Array  # int32, updates taken
+    adam: optax.OptState  # the Adam state that steps the weights
 
 
 def gradnorm_weights(state: GradNormState) -> jax.Array:
@@ -152,21 +153,31 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
     """GradNorm (Chen et al. 2018) on per-task gradients; `update(..., task_losses=(T,))`.
 
     Returns sum_i w_i g_i / T with the current weights, then moves the weights: with
-    G_i = w_i |g_i|, r_i = (L_i / L_i(0)) / mean_j(L_j / L_j(0)) and the constant target
-    mean(G) * r_i^alpha, one gradient-descent step of size `lr` on sum_i |G_i - target_i|,
-    clipped to w >= 1e-3 and renormalised to sum to T. Losses must be positive, as in the paper.
+    G_i = w_i |g_i|, r_i = (L_i / L_i(0)) / mean_j(L_j / L_j(0)) and the targets
+    mean(G) * r_i^alpha held constant (as in the paper), one Adam step of size `lr` on
+    L_grad = sum_i |G_i - target_i|, whose gradient is dL_grad/dw_i = sign(G_i - target_i) |g_i|;
+    then w is clipped to w >= 1e-3 and renormalised to sum to T. Losses must be positive, as
+    in the paper.
+
+    Why Adam: the paper (Sec. 3.2) updates w with "standard update rules", and reference
+    implementations use Adam at lr = 0.025 (the default here). A plain gradient step would be
+    lr * |g_i|, so its size would follow the scale of the task gradients (large in RL) and the
+    weights would swing far past the balance; Adam divides by the running RMS of the gradient,
+    so a step is about `lr` whatever the gradient scale, shrinking as the sign starts to flip
+    around the balance. The Adam state is part of this state (and so of checkpoints).
 
     Deviations: |g_i| is the norm of task i's gradient over all parameters, not over the last
-    shared layer (which is not identifiable for a generic pytree); the weight step is plain
-    gradient descent on the closed-form gradient sign(G_i - target_i) |g_i|, so its size scales
-    with the gradient norms (choose `lr` accordingly).
+    shared layer (which is not identifiable for a generic pytree).
     """
+    weight_tx = optax.adam(lr)
 
     def init(params):
         del params
-        return GradNormState(weights=jnp.ones((num_tasks,), jnp.float32),
+        weights = jnp.ones((num_tasks,), jnp.float32)
+        return GradNormState(weights=weights,
                              initial_losses=jnp.ones((num_tasks,), jnp.float32),
-                             count=jnp.zeros((), jnp.int32))
+                             count=jnp.zeros((), jnp.int32),
+                             adam=weight_tx.init(weights))
 
     def update(updates, state, params=None, *, task_losses, **extra_args):
         del params, extra_args
@@ -180,11 +191,14 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
         rates = loss_ratios / jnp.maximum(jnp.mean(loss_ratios), eps)
         # Clipped so a stray negative loss cannot turn the power into NaN weights.
         targets = jnp.mean(weighted_norms) * jnp.maximum(rates, 0.0) ** alpha
-        weights = state.weights - lr * jnp.sign(weighted_norms - targets) * norms
+        # Gradient of sum_i |w_i |g_i| - target_i| in w, the targets held constant.
+        weight_grads = jnp.sign(weighted_norms - targets) * norms
+        steps, adam_state = weight_tx.update(weight_grads, state.adam, state.weights)
+        weights = optax.apply_updates(state.weights, steps)
         weights = jnp.maximum(weights, 1e-3)
         weights = weights * num_tasks / jnp.sum(weights)
         return combined, GradNormState(weights=weights, initial_losses=initial,
-                                       count=state.count + 1)
+                                       count=state.count + 1, adam=adam_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

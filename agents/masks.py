@@ -36,6 +36,7 @@ import numpy as np
 
 from agents.networks import Linear, _torch_bias_init, _torch_kernel_init
 
+MASKED_ARCHS = ("unitmask", "weightmask")
 MASKS = "masks"  # variable collection holding the weight masks (not trained by the optimiser)
 PROBE = "mask_probe"  # zero-valued collection whose gradient is dL/d(W * m): regrow scores
 

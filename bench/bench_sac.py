@@ -31,26 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.networks import NetworkConfig  # noqa: E402
+from bench.common import filled_buffer, timed, write_section  # noqa: E402
 from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
-from training import replay  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
 
 ARCHS = {"mtsac": ("mtmlp", 1), "moore": ("moore", 4)}
 # (hidden sizes, samples per task): MOORE's paper size and the demo preset's size.
 SIZES = {"paper 3x400, batch 128/task": ((400, 400, 400), 128),
          "demo 2x128, batch 32/task": ((128, 128), 32)}
-
-
-def _timed(fn, repeats):
-    """Median seconds of `repeats` calls of fn (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
@@ -60,17 +49,7 @@ def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
     n = 10
     learner = make_learner(cfg.sac, cfg.network, n, OBS_DIM, ACTION_DIM)
     state = learner.init(jax.random.PRNGKey(0))
-    capacity = 4096
-    buf = replay.init_buffer(n, capacity, OBS_DIM, ACTION_DIM)
-    rng = np.random.default_rng(0)
-    chunk = {
-        "obs": rng.normal(size=(capacity, n, OBS_DIM)).astype(np.float32),
-        "action": rng.uniform(-1, 1, (capacity, n, ACTION_DIM)).astype(np.float32),
-        "reward": rng.uniform(0, 10, (capacity, n)).astype(np.float32),
-        "next_obs": rng.normal(size=(capacity, n, OBS_DIM)).astype(np.float32),
-        "terminated": np.zeros((capacity, n), np.float32),
-    }
-    buf = replay.insert(buf, chunk)
+    buf = filled_buffer(n, 4096, OBS_DIM, ACTION_DIM)
     train_chunk = jax.jit(learner.train_chunk, donate_argnums=0)
     on = jnp.ones((steps,), bool)
     holder = {"state": state}
@@ -79,7 +58,7 @@ def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
         holder["state"], metrics = train_chunk(holder["state"], buf, on, on)
         jax.block_until_ready(metrics)
 
-    return steps / _timed(run, repeats)
+    return steps / timed(run, repeats)
 
 
 _TORCH_CHILD = """
@@ -205,21 +184,8 @@ def main():
     text = "\n".join(out)
     print(text)
     if args.write:
-        _write_section(text, " ".join(["python", "bench/bench_sac.py", *sys.argv[1:]]))
-
-
-def _write_section(text: str, command: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    begin, end = "<!-- bench_sac:begin -->", "<!-- bench_sac:end -->"
-    section = (f"{begin}\n## SAC on MT10 (bench/bench_sac.py)\n\nCommand: `{command}` "
-               f"({time.strftime('%Y-%m-%d')})\n\n{text}\n{end}")
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in current:
-        head, rest = current.split(begin, 1)
-        current = head + section + rest.split(end, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    path.write_text(current)
+        write_section("bench_sac", "SAC on MT10 (bench/bench_sac.py)", text,
+                      " ".join(["python", "bench/bench_sac.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

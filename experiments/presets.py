@@ -17,12 +17,17 @@ from training.errors import UsageError
 _PAPER_NET = (400, 400, 400)
 
 
-def _mt(suite: str, arch: str, experts: int, buffer: int) -> Config:
+def _mt(suite: str, arch: str, experts: int, buffer: int, hidden=_PAPER_NET,
+        **network) -> Config:
     return Config(
         env=EnvConfig(suite=suite),
-        network=NetworkConfig(arch=arch, hidden_sizes=_PAPER_NET, num_experts=experts),
+        network=NetworkConfig(arch=arch, hidden_sizes=hidden, num_experts=experts, **network),
         sac=SACConfig(buffer_size_per_task=buffer),
     )
+
+
+def _with_surgery(cfg: Config, name: str) -> Config:
+    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, gradient_surgery=name))
 
 
 def _paper_protocol(cfg: Config) -> Config:
@@ -53,6 +58,29 @@ PRESETS: dict[str, Config] = {
     "mt50_mtsac": _mt("mt50", "mtmlp", 1, 100_000),
     "mt50_moore": _mt("mt50", "moore", 6, 100_000),
 }
+PRESETS.update({
+    # PaCo: K = 5 (MT10), 20 (MT50) parameter sets, 3x400 (paco-mtrl's MT10/MT50 confs).
+    "mt10_paco": _mt("mt10", "paco", 5, 1_000_000),
+    "mt50_paco": _mt("mt50", "paco", 20, 100_000),
+    # CARE: 4 encoders mixed by attention, 3x400 trunk (mtrl's CARE config).
+    "mt10_care": _mt("mt10", "care", 4, 1_000_000),
+    "mt50_care": _mt("mt50", "care", 4, 100_000),
+    # Soft Modularization: 2x400 base, 4 layers x 4 modules of 128 (Soft-Module's
+    # meta_config/*/modular_4_4_2_128_reweight.json; its repo also has a 2x2x256 variant).
+    "mt10_softmod": _mt("mt10", "softmod", 4, 1_000_000, hidden=(400, 400)),
+    "mt50_softmod": _mt("mt50", "softmod", 4, 100_000, hidden=(400, 400)),
+    # Task-conditioned masks on MTSAC's 3x400 trunk: half the units per task (unit masks);
+    # HarmoDT's initial density 0.8 for weight masks.
+    "mt10_unitmask": _mt("mt10", "unitmask", 1, 1_000_000, mask_density=0.5),
+    "mt10_weightmask": _mt("mt10", "weightmask", 1, 1_000_000, mask_density=0.8),
+    # Gradient surgery on MTSAC, as the PCGrad paper's Meta-World runs.
+    "mt10_pcgrad": _with_surgery(_mt("mt10", "mtmlp", 1, 1_000_000), "pcgrad"),
+    "mt10_gradnorm": _with_surgery(_mt("mt10", "mtmlp", 1, 1_000_000), "gradnorm"),
+    # Parameter-matched baselines: widened to MOORE's trainable parameter count (actor +
+    # critics, `python launch.py params`): 805 wide = 1.002x MOORE MT10; 960 = 1.000x MT50.
+    "mt10_mhsac_matched": _mt("mt10", "multihead", 1, 1_000_000, hidden=(805, 805, 805)),
+    "mt50_mhsac_matched": _mt("mt50", "multihead", 1, 100_000, hidden=(960, 960, 960)),
+})
 PRESETS["mt10_moore_paper"] = _paper_protocol(PRESETS["mt10_moore"])
 PRESETS["mt10_moe_paper"] = _paper_protocol(PRESETS["mt10_moe"])
 PRESETS["mt50_moore_paper"] = _paper_protocol(PRESETS["mt50_moore"])
@@ -65,6 +93,19 @@ DESCRIPTIONS = {
     "mt10_moore": "MOORE: 4 orthogonal experts of 3x400, MT10 (Meta-World+ protocol)",
     "mt50_mtsac": "MTSAC on MT50",
     "mt50_moore": "MOORE: 6 orthogonal experts, MT50 (Meta-World+ protocol)",
+    "mt10_paco": "PaCo: 5 parameter sets mixed by a task vector, with its task reset, MT10",
+    "mt50_paco": "PaCo with 20 parameter sets, MT50",
+    "mt10_care": "CARE: 4 observation encoders mixed by task attention, MT10",
+    "mt50_care": "CARE on MT50",
+    "mt10_softmod": "Soft Modularization: 4 layers x 4 modules routed per task, MT10",
+    "mt50_softmod": "Soft Modularization on MT50",
+    "mt10_unitmask": "task-conditioned unit masks (learned codes, half the units), MT10",
+    "mt10_weightmask": "task-conditioned weight masks with prune-and-regrow (density 0.8), "
+                       "MT10",
+    "mt10_pcgrad": "MTSAC with PCGrad on the per-task gradients, MT10",
+    "mt10_gradnorm": "MTSAC with GradNorm on the critic's per-task gradients, MT10",
+    "mt10_mhsac_matched": "multi-head SAC widened to 3x805: MOORE's parameter count, MT10",
+    "mt50_mhsac_matched": "multi-head SAC widened to 3x960: MOORE's parameter count, MT50",
     "mt10_moore_paper": "MOORE, MT10, MOORE paper protocol (150-step episodes, 10 stochastic "
                         "evaluation episodes)",
     "mt10_moe_paper": "MoE, MT10, MOORE paper protocol",

@@ -169,3 +169,36 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
     tree, meta = Checkpointer(run / "checkpoints", 2).restore()
     assert meta["env_steps"] == 80
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree["learner"]))
+
+
+SMOKE_PRESETS = ["mt10_paco", "mt10_care", "mt10_softmod", "mt10_unitmask", "mt10_weightmask",
+                 "mt10_pcgrad", "mt10_gradnorm"]
+
+
+@pytest.mark.parametrize("preset", SMOKE_PRESETS)
+def test_every_sharing_preset_trains_on_mt10(tmp_path, preset):
+    """A short MT10 run per preset, in-process: trains, evaluates every task, and for the mask
+    architectures records density and overlap in eval.jsonl and a figure."""
+    from experiments.presets import get_preset
+    from training import config as config_lib
+    from training.loop import Trainer
+
+    overrides = dict(zip(TINY[0:-1:2], TINY[1::2], strict=True))
+    overrides = {k.removeprefix("--"): v for k, v in overrides.items()
+                 if k.startswith("--network.hidden") or k.startswith("--sac.")
+                 or k.startswith("--train.") or k.startswith("--env.") or k == "--eval.episodes"}
+    overrides.update({"train.total_steps_per_task": "80", "train.eval_every": "80",
+                      "train.checkpoint_every": "80", "network.mask_update_every": "10"})
+    cfg = config_lib.apply_overrides(get_preset(preset), overrides)
+    config_lib.validate(cfg)
+    run = run_lib.create(tmp_path, cfg)
+    result = Trainer(cfg, run, show_progress=False).train()
+    assert result["step"] == 80 and len(result["per_task"]) == 10
+    records = run_lib.read_evals(run)
+    assert [r["step"] for r in records] == [0, 80]
+    if cfg.network.arch in ("unitmask", "weightmask"):
+        masks = records[-1]["masks"]
+        assert len(masks["density"]) == 10 and len(masks["overlap"]) == 10
+        np.testing.assert_allclose(list(masks["density"].values()),
+                                   cfg.network.mask_density, atol=0.02)
+        assert (run / "masks" / "step_80.png").stat().st_size > 0

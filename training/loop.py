@@ -30,9 +30,10 @@ from flax import serialization
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from agents.masks import MASKED_ARCHS, mask_statistics
 from agents.sac.train import make_learner
 from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv
-from training import replay
+from training import figures, replay
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
@@ -107,7 +108,9 @@ class Trainer:
         # Its own instances, same goal set (the benchmark seed), reseeded before each evaluation.
         self.eval_env = make_env(cfg, cfg.seed)
         self.num_tasks = self.env.num_tasks
-        self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM)
+        # One gradient step per env step: the run's length in updates drives schedules.
+        self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM,
+                                    total_updates=cfg.train.total_steps_per_task)
         self.actor_device = jax.devices("cpu")[0]
         self._insert = jax.jit(replay.insert, donate_argnums=0)
         self._train_chunk = jax.jit(self.learner.train_chunk, donate_argnums=0)
@@ -322,6 +325,8 @@ class Trainer:
         result = evaluate(act, self.eval_env, cfg.eval.episodes)
         record = {"step": step, "suite": cfg.env.suite, "updates": int(self.state.updates),
                   "deterministic": cfg.eval.deterministic, **result}
+        if self.cfg.network.arch in MASKED_ARCHS:
+            record["masks"] = self._mask_report(writer, step)
         run_lib.append_eval(self.run, record)
         writer.add_scalar("eval/mean_success", result["mean_success"], step)
         writer.add_scalar("eval/mean_return", result["mean_return"], step)
@@ -330,6 +335,25 @@ class Trainer:
             writer.add_scalar(f"eval_return/{task}", r["return"], step)
         writer.flush()
         return record
+
+    def _mask_report(self, writer, step) -> dict:
+        """The policy's per-task mask density and pairwise overlap: tensorboardX, a figure
+        (<run>/masks/step_<N>.png) and the returned record for eval.jsonl."""
+        variables = jax.device_get(self.state.actor_params)
+        stats = mask_statistics(variables, self.cfg.network.mask_density)
+        density, overlap = np.asarray(stats["density"]), np.asarray(stats["overlap"])
+        names = self.env.task_names
+        off_diagonal = overlap[~np.eye(len(names), dtype=bool)]
+        for task, d in zip(names, density, strict=True):
+            writer.add_scalar(f"mask_density/{task}", float(d), step)
+        writer.add_scalar("masks/mean_overlap", float(off_diagonal.mean()), step)
+        fig = figures.mask_figure(density, overlap, names,
+                                  f"{self.cfg.network.arch} policy masks, step {step}")
+        writer.add_figure("masks/policy", fig, step, close=False)
+        figures.save(fig, self.run / "masks" / f"step_{step}.png")
+        return {"density": {t: float(d) for t, d in zip(names, density, strict=True)},
+                "mean_overlap": float(off_diagonal.mean()),
+                "overlap": np.round(overlap, 4).tolist()}
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,

@@ -65,6 +65,11 @@ def create(out_dir: str, cfg: config_lib.Config) -> Path:
     while run.exists():
         run = base.with_name(f"{base.name}-{n}")
         n += 1
+    return create_at(run, cfg)
+
+
+def create_at(run: Path, cfg: config_lib.Config) -> Path:
+    """A run directory at a chosen path (grids name their runs); it must not exist yet."""
     run.mkdir(parents=True)
     write_atomic(run / "config.json", config_lib.dumps(cfg))
     write_atomic(run / "versions.json", json.dumps(versions(), indent=2))

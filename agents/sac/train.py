@@ -72,9 +72,11 @@ class Learner(NamedTuple):
 
 
 def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim: int,
-                 action_dim: int, total_updates: int = 1) -> Learner:
+                 action_dim: int, total_updates: int = 1,
+                 batch_sharding: jax.sharding.Sharding | None = None) -> Learner:
     """`total_updates` (gradient steps in the whole run) drives schedules over training:
-    weight masks' prune-and-regrow count."""
+    weight masks' prune-and-regrow count. `batch_sharding` (training/sharding.py) splits each
+    sampled batch's rows over devices for data parallelism; None keeps it where it is."""
     actor = Actor(network, num_tasks, action_dim, sac.log_std_min, sac.log_std_max)
     critic = TwinCritic(network, num_tasks)
     per_task_grads = sac.gradient_surgery != "none"
@@ -271,6 +273,12 @@ def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim
         def step(state, flags):
             key, k_batch = jax.random.split(state.key)
             batch = replay.sample(buffer, k_batch, sac.batch_size_per_task)
+            if batch_sharding is not None:
+                # Contiguous rows per device. The batch is task-major, so when the device
+                # count divides the number of tasks each device holds whole tasks and the
+                # per-task split (T * b -> T, b) stays on the device; otherwise XLA moves the
+                # rows that split needs (the same numbers, a little communication).
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return update(state.replace(key=key), batch, *flags)
 
         return jax.lax.scan(step, state, (critic_on, actor_on))
