@@ -22,8 +22,8 @@ class ArchTraining(NamedTuple):
     keep_tasks: Callable  # per-task losses (T,) -> (T,) weights of the tasks in the update
     after_step: Callable  # (variables, per-task losses, key) -> variables
     regrows: bool  # weight masks: call prune-and-regrow on the algorithm's schedule
-    # Weight masks give each task its own effective weights: a forward pass over one task's
-    # samples costs one matmul per layer, a mixed batch costs one per task.
+    # Weight masks and PaCo give each task its own effective weights: a forward pass over one
+    # task's samples costs one matmul per layer, a mixed batch costs one per task.
     one_task_per_pass: bool
 
 
@@ -61,7 +61,8 @@ def make_arch_training(cfg: NetworkConfig) -> ArchTraining:
                 lambda p, x: reset_leaf(p, x, diverged, key), variables["params"])
             return {**variables, "params": params}
 
-        return ArchTraining(keep, reset, regrows=False, one_task_per_pass=False)
+        # One task per pass: each task's K parameter sets are mixed once, then one matmul.
+        return ArchTraining(keep, reset, regrows=False, one_task_per_pass=True)
     masked = cfg.arch == "weightmask"
     return ArchTraining(_keep_all, _unchanged, regrows=masked, one_task_per_pass=masked)
 

@@ -140,28 +140,51 @@ class PaCo(nn.Module):
 
     @nn.compact
     def __call__(self, obs, task_id):
-        task_id = per_sample(task_id, obs)
         phi = self.param(PACO_VECTOR_NAME, _standard_normal, (self.num_tasks, self.num_param_sets))
-        one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)
-        w = one_hot @ phi  # (B, K)
+        # One task for the whole batch (the learner's task-split losses): mix the K sets into
+        # that task's layer first, one matmul per layer. Mixed tasks: every set, then mix.
+        single_task = task_id.ndim == 0
+        w = phi[task_id]  # (K,) or (B, K)
         self.sow("intermediates", "compositional_weights", w)
         sizes = (*self.hidden_sizes, self.out_dim)
         x = obs
         for i, size in enumerate(sizes):
             last = i == len(sizes) - 1
-            per_set = _stacked_dense(
-                self.num_param_sets,
-                size,
-                kernel_init=_small_uniform if last else _uniform_fan_in,
-                bias_init=_zeros,
-                in_axes=None,
-                identical_init=self.identical_init,
-                name=f"layer_{i}",
-            )(x)  # (B, K, size)
-            x = jnp.einsum("bk,bko->bo", w, per_set)
+            kernel, bias = _CompositionalParams(
+                self.num_param_sets, size, _small_uniform if last else _uniform_fan_in,
+                self.identical_init, name=f"layer_{i}")(x.shape[-1])
+            if single_task:
+                x = x @ jnp.einsum("k,kio->io", w, kernel) + w @ bias
+            else:
+                x = jnp.einsum("bk,bko->bo", w, jnp.einsum("bi,kio->bko", x, kernel) + bias)
             if not last:
                 x = nn.relu(x)
         return x
+
+
+class _CompositionalParams(nn.Module):
+    """A layer's K parameter sets: kernel (K, in, out), bias (K, out), biases zero.
+
+    `identical_init` (PaCo's `kernel_identical_init`) starts every set as the same draw."""
+
+    num_sets: int
+    features: int
+    kernel_init: Initializer
+    identical_init: bool
+
+    @nn.compact
+    def __call__(self, fan_in):
+        shape = (fan_in, self.features)
+
+        def init(key, full_shape):
+            if self.identical_init:
+                return jnp.broadcast_to(self.kernel_init(key, shape), full_shape)
+            keys = jax.random.split(key, self.num_sets)
+            return jax.vmap(lambda k: self.kernel_init(k, shape))(keys)
+
+        kernel = self.param("kernel", init, (self.num_sets, *shape))
+        bias = self.param("bias", _zeros, (self.num_sets, self.features))
+        return kernel, bias
 
 
 def paco_reset(
