@@ -25,6 +25,7 @@ class TrainConfig:
     total_steps_per_task: int = 2_000_000
     chunk_steps: int = 50  # env steps collected, then as many gradient steps, per learner call
     async_actor: bool = False  # overlap env stepping with the learner (policy lag: one chunk)
+    devices: int = 0  # local devices the learner's batch is split over; 0: all of them
     eval_every: int = 100_000  # env steps per task (at the next episode boundary)
     checkpoint_every: int = 100_000  # env steps per task (at the next episode boundary)
     keep_checkpoints: int = 2
@@ -181,6 +182,8 @@ def validate(cfg: Config) -> None:
         raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
     if cfg.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
+    if t.devices < 0:  # the upper bound needs JAX's backend: training/sharding.py checks it
+        raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
     for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):
         value = getattr(s, name)
         if not value > 0 or value == float("inf"):

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from agents.masks import MASKED_ARCHS, mask_statistics
 from agents.sac.train import make_learner
 from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv
-from training import figures, replay
+from training import figures, replay, sharding
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
@@ -108,12 +108,15 @@ class Trainer:
         # Its own instances, same goal set (the benchmark seed), reseeded before each evaluation.
         self.eval_env = make_env(cfg, cfg.seed)
         self.num_tasks = self.env.num_tasks
+        # Data parallel over the local devices: None (one device) keeps the plain jit.
+        self.mesh = sharding.local_mesh(cfg.train.devices)
         # One gradient step per env step: the run's length in updates drives schedules.
         self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM,
-                                    total_updates=cfg.train.total_steps_per_task)
+                                    total_updates=cfg.train.total_steps_per_task,
+                                    batch_sharding=sharding.batch_rows(self.mesh))
         self.actor_device = jax.devices("cpu")[0]
-        self._insert = jax.jit(replay.insert, donate_argnums=0)
-        self._train_chunk = jax.jit(self.learner.train_chunk, donate_argnums=0)
+        self._insert = sharding.jit(replay.insert, self.mesh, donate_argnums=0)
+        self._train_chunk = sharding.jit(self.learner.train_chunk, self.mesh, donate_argnums=0)
         self._act = jitted_act(self.learner)
         self.checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
 
@@ -122,9 +125,10 @@ class Trainer:
     def _fresh(self):
         learner_key, actor_key, _ = root_keys(self.cfg.seed)
         self.actor_key = jax.device_put(actor_key, self.actor_device)
-        self.state = self.learner.init(learner_key)
-        self.buffer = replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task,
-                                         OBS_DIM, ACTION_DIM)
+        self.state = sharding.place(self.learner.init(learner_key), self.mesh)
+        self.buffer = sharding.place(
+            replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task, OBS_DIM,
+                               ACTION_DIM, sharding.replicated(self.mesh)), self.mesh)
         self.actor_params = self._to_actor(self.state.actor_params)
         self.progress = Progress()
         self.obs = self.env.reset()
@@ -137,13 +141,15 @@ class Trainer:
         if meta.get("complete"):
             raise UsageError(f"run '{self.run}' is already complete ({meta['env_steps']} steps)")
         self._fresh()  # templates for the restored trees
-        self.state = serialization.from_state_dict(self.state, tree["learner"])
+        self.state = sharding.place(serialization.from_state_dict(self.state, tree["learner"]),
+                                    self.mesh)
         self.actor_params = self._to_actor(
             serialization.from_state_dict(self.actor_params, tree["actor_params"]))
         if "buffer" in tree:
             self.buffer = None  # free the empty template first: at paper scale it is GBs
-            self.buffer = replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
-                                             meta["buffer_ptr"])
+            self.buffer = sharding.place(
+                replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
+                                   meta["buffer_ptr"], sharding.replicated(self.mesh)), self.mesh)
         self.actor_key = jax.device_put(tree["actor_key"], self.actor_device)
         self.progress = Progress(**meta["progress"])
         self.obs = self.env.restore(meta["env_rng"])
@@ -152,12 +158,12 @@ class Trainer:
     def _save(self, complete: bool = False):
         step = self.progress.env_steps
         tree = {
-            "learner": serialization.to_state_dict(self.state),
+            "learner": sharding.one_copy(serialization.to_state_dict(self.state), self.mesh),
             "actor_params": serialization.to_state_dict(self.actor_params),
             "actor_key": self.actor_key,
         }
         if step > 0:  # orbax cannot store zero-size arrays
-            tree["buffer"] = replay.filled(self.buffer)
+            tree["buffer"] = sharding.one_copy(replay.filled(self.buffer), self.mesh)
         meta = {
             "progress": vars(self.progress),
             "env_steps": step,

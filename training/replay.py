@@ -7,6 +7,8 @@ pure functions, so they run inside the learner's jitted code with no host round 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -29,7 +31,9 @@ class ReplayBuffer:
         return self.data["obs"].shape[1]
 
 
-def init_buffer(num_tasks: int, capacity: int, obs_dim: int, action_dim: int) -> ReplayBuffer:
+def init_buffer(num_tasks: int, capacity: int, obs_dim: int, action_dim: int,
+                sharding: jax.sharding.Sharding | None = None) -> ReplayBuffer:
+    """An empty buffer; its arrays are created with `sharding` if given (no staging copy)."""
     shapes = {
         "obs": (obs_dim,),
         "action": (action_dim,),
@@ -37,7 +41,8 @@ def init_buffer(num_tasks: int, capacity: int, obs_dim: int, action_dim: int) ->
         "next_obs": (obs_dim,),
         "terminated": (),
     }
-    data = {k: jnp.zeros((num_tasks, capacity, *s), jnp.float32) for k, s in shapes.items()}
+    data = {k: jnp.zeros((num_tasks, capacity, *s), jnp.float32, device=sharding)
+            for k, s in shapes.items()}
     return ReplayBuffer(data=data, ptr=jnp.int32(0), size=jnp.int32(0))
 
 
@@ -75,11 +80,13 @@ def filled(buffer: ReplayBuffer) -> dict:
     return {k: v[:, : int(buffer.size)] for k, v in buffer.data.items()}
 
 
-def from_filled(data: dict, capacity: int, ptr: int) -> ReplayBuffer:
-    """Inverse of `filled`: place the stored entries in a buffer of full capacity."""
+def from_filled(data: dict, capacity: int, ptr: int,
+                sharding: jax.sharding.Sharding | None = None) -> ReplayBuffer:
+    """Inverse of `filled`: place the stored entries in a buffer of full capacity (its arrays
+    with `sharding` if given)."""
     size = next(iter(data.values())).shape[1]
 
-    @jax.jit
+    @functools.partial(jax.jit, **({} if sharding is None else {"out_shardings": sharding}))
     def place(stored):  # one jitted write: no second full-size temporary
         return {k: jnp.zeros((v.shape[0], capacity, *v.shape[2:]), jnp.float32).at[:, :size].set(v)
                 for k, v in stored.items()}

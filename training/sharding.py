@@ -1,0 +1,58 @@
+"""Data parallelism for the learner over the local devices (jax.sharding).
+
+A 1-D mesh over the local devices, axis "data". The learner's state and the replay buffer
+are replicated on every device; every sampled batch is split along its rows
+(`agents/sac/train.py`), so each device runs the forward and backward passes of its share
+and XLA all-reduces the gradients. Replicating the buffer keeps sampling local to each
+device (no gather across devices) at the cost of one buffer copy per device.
+
+With one device there is no mesh and nothing here changes the learner: it runs the code and
+gives the numbers of a plain `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from training.errors import UsageError
+
+AXIS = "data"
+
+
+def local_mesh(devices: int) -> Mesh | None:
+    """The mesh over the first `devices` local devices (0: all of them); None for one."""
+    available = jax.local_device_count()
+    if not 0 <= devices <= available:
+        raise UsageError(f"--train.devices must be in [0, {available}] (0: all local devices), "
+                         f"got {devices}")
+    count = devices or available
+    return Mesh(np.array(jax.local_devices()[:count]), (AXIS,)) if count > 1 else None
+
+
+def replicated(mesh: Mesh | None) -> NamedSharding | None:
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+
+def batch_rows(mesh: Mesh | None) -> NamedSharding | None:
+    """A batch's leading (row) axis split over the mesh."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def jit(fn, mesh: Mesh | None, **kwargs):
+    """`jax.jit(fn)`; on a mesh, every input and output is replicated over its devices."""
+    if mesh is None:
+        return jax.jit(fn, **kwargs)
+    return jax.jit(fn, in_shardings=replicated(mesh), out_shardings=replicated(mesh), **kwargs)
+
+
+def place(tree, mesh: Mesh | None):
+    """`tree` replicated over the mesh (unchanged without one)."""
+    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+
+
+def one_copy(tree, mesh: Mesh | None):
+    """The first device's copy of a replicated tree (unchanged without a mesh): what a
+    checkpoint stores, so that it restores like a one-device run's, on any device count."""
+    return tree if mesh is None else jax.tree.map(lambda x: x.addressable_data(0), tree)
