@@ -84,6 +84,7 @@ def test_slurm_table_to_submitit_parameters():
     ({"time": "2:00:00"}, "[slurm] time is set by submitit (logs, array, time limit, requeue "
                           "signal); use timeout_min"),
     ({"cpus-per-task": "8"}, "[slurm] cpus_per_task must be an integer, got '8'"),
+    ({"nodes": 2}, "[slurm] nodes x tasks_per_node = 2: multi-process runs are not supported"),
 ])
 def test_bad_slurm_table_is_one_line_usage_error(table, message):
     with pytest.raises(UsageError) as info:

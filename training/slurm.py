@@ -21,7 +21,7 @@ The spec's `[slurm]` table (all keys optional):
     timeout_min = 1440           # per attempt; the default is 1440
     array_parallelism = 16       # tasks of the array running at once
     max_num_timeout = 10         # requeues after a time-out (the default is 10)
-    nodes = 1                    tasks_per_node = 1       # >1 task: jax.distributed
+    nodes = 1                    tasks_per_node = 1       # must be 1 for now (see below)
     signal_delay_s = 120         setup = ["module load cuda"]   constraint = "a100"
     additional_parameters = {}   # raw sbatch options, as below
     reservation = "..."          # any other key: passed to sbatch as --reservation=...
@@ -141,6 +141,13 @@ def executor_parameters(slurm: dict) -> tuple[dict, int]:
                 _add_option(extra, k, v)
         else:
             _add_option(extra, key, value)
+    ranks = params.get("nodes", 1) * params.get("tasks_per_node", 1)
+    if ranks > 1:
+        # jax.distributed is initialised for such jobs (maybe_initialize_distributed), but the
+        # Trainer is one process per run: every rank would train and write the same run.
+        raise UsageError(f"[slurm] nodes x tasks_per_node = {ranks}: multi-process runs are "
+                         "not supported yet (one run = one process on its local devices); "
+                         "use nodes = 1 and tasks_per_node = 1")
     # The job imports this repository (the pickled GridJob), from wherever sbatch ran.
     setup = [f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     params["slurm_setup"] = setup + list(params.get("slurm_setup", []))
