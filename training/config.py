@@ -190,6 +190,16 @@ def validate(cfg: Config) -> None:
             raise UsageError(f"--sac.{name} must be a positive number, got {value}")
     if not 0 <= s.gamma <= 1:
         raise UsageError(f"--sac.gamma must be in [0, 1], got {s.gamma}")
+    from agents.gradient_surgery import COMBINERS
+
+    if s.gradient_surgery not in COMBINERS:
+        raise UsageError(f"unknown sac.gradient_surgery '{s.gradient_surgery}'; valid: "
+                         f"{', '.join(COMBINERS)}")
+    if not s.gradnorm_lr > 0:
+        raise UsageError(f"--sac.gradnorm_lr must be a positive number, got {s.gradnorm_lr}")
+    if not cfg.network.paco_reset_threshold > 0:
+        raise UsageError("--network.paco_reset_threshold must be a positive number, got "
+                         f"{cfg.network.paco_reset_threshold}")
     # Checked here, before a run directory exists, so bad input leaves nothing behind.
     from agents.networks import make_network
     from envs.metaworld import check_env_args
