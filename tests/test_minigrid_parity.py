@@ -54,12 +54,9 @@ def test_layout_distribution_matches_minigrid(name):
         assert report.tv < 0.1, report
 
 
-# A few of the other registrations of the same families, lightly; all of them:
-# `python -m envs.minigrid.parity_check --env variants`.
-SOME_VARIANTS = [
-    "MiniGrid-DoorKey-8x8-v0", "MiniGrid-LavaCrossingS9N1-v0", "MiniGrid-MemoryS13Random-v0",
-    "MiniGrid-DistShift2-v0",
-]
+# One of the other registrations of the same families, lightly (each costs a compile in
+# CI); all 19 of them: `python -m envs.minigrid.parity_check --env variants`.
+SOME_VARIANTS = ["MiniGrid-LavaCrossingS9N1-v0"]
 
 
 @pytest.mark.parametrize("gym_id", SOME_VARIANTS)
