@@ -82,6 +82,13 @@ def empty_grid(width: int, height: int) -> np.ndarray:
     return np.broadcast_to(EMPTY_CELL, (width, height, 3)).copy()
 
 
+def walled_grid(width: int, height: int) -> np.ndarray:
+    """An empty grid inside a ring of walls (minigrid's usual `_gen_grid` start)."""
+    grid = empty_grid(width, height)
+    grid[border(width, height)] = WALL_CELL
+    return grid
+
+
 def sample_cell(key: jax.Array, mask: jax.Array) -> jax.Array:
     """A cell drawn uniformly among those where `mask` (W, H) holds, as (x, y) int32.
 
@@ -336,3 +343,15 @@ class GridEnv:
 
     def _aux_from_minigrid(self, u) -> np.ndarray:
         return np.zeros(4, np.int32)
+
+
+class SquareGridEnv(GridEnv):
+    """A GridEnv whose grid is `size` x `size` (subclasses declare the `size` field)."""
+
+    @property
+    def width(self) -> int:
+        return self.size
+
+    @property
+    def height(self) -> int:
+        return self.size

@@ -13,19 +13,18 @@ from envs.minigrid.core import (
     GOAL_CELL,
     LAVA_CELL,
     WALL_CELL,
-    GridEnv,
+    SquareGridEnv,
     State,
-    border,
     coords,
-    empty_grid,
     fill,
     make_state,
     set_cell,
+    walled_grid,
 )
 
 
 @dataclass(frozen=True)
-class Crossing(GridEnv):
+class Crossing(SquareGridEnv):
     """Agent (1, 1) facing right, goal at the bottom-right corner, `num_crossings` rivers
     (full-length rows or columns at even coordinates 2, 4, .., size-3) chosen as a uniform
     random subset, then one opening per river along a random monotone path: minigrid shuffles
@@ -43,14 +42,6 @@ class Crossing(GridEnv):
         return f"MiniGrid-{kind}S{self.size}N{self.num_crossings}-v0"
 
     @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def height(self) -> int:
-        return self.size
-
-    @property
     def max_steps(self) -> int:
         return 4 * self.size**2
 
@@ -58,7 +49,7 @@ class Crossing(GridEnv):
         n, count = self.size, self.num_crossings
         k_rivers, k_path, k_open = jax.random.split(key, 3)
         xs, ys = coords(n, n)
-        grid = fill(jnp.asarray(empty_grid(n, n)), jnp.asarray(border(n, n)), WALL_CELL)
+        grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
 
         # Candidates: vertical rivers (columns) x = 2, 4, .., then horizontal ones (rows).

@@ -15,21 +15,20 @@ from envs.minigrid.core import (
     LOCKED,
     WALL_CELL,
     YELLOW,
-    GridEnv,
+    SquareGridEnv,
     State,
-    border,
     cell,
     coords,
-    empty_grid,
     fill,
     make_state,
     sample_cell,
     set_cell,
+    walled_grid,
 )
 
 
 @dataclass(frozen=True)
-class DoorKey(GridEnv):
+class DoorKey(SquareGridEnv):
     """A full-height wall at x = split (uniform in [2, size-3]) with a locked yellow door at
     row uniform in [1, size-3] (minigrid's `_rand_int(1, height - 2)`); the agent (uniform
     direction) and a yellow key are uniform over the distinct free cells left of the wall;
@@ -42,14 +41,6 @@ class DoorKey(GridEnv):
         return f"MiniGrid-DoorKey-{self.size}x{self.size}-v0"
 
     @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def height(self) -> int:
-        return self.size
-
-    @property
     def max_steps(self) -> int:
         return 10 * self.size**2
 
@@ -57,7 +48,7 @@ class DoorKey(GridEnv):
         n = self.size
         k_split, k_agent, k_dir, k_door, k_key = jax.random.split(key, 5)
         xs, ys = coords(n, n)
-        grid = fill(jnp.asarray(empty_grid(n, n)), jnp.asarray(border(n, n)), WALL_CELL)
+        grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
         split = jax.random.randint(k_split, (), 2, n - 2)
         grid = fill(grid, xs == split, WALL_CELL)

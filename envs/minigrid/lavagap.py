@@ -10,20 +10,18 @@ import jax.numpy as jnp
 from envs.minigrid.core import (
     GOAL_CELL,
     LAVA_CELL,
-    WALL_CELL,
-    GridEnv,
+    SquareGridEnv,
     State,
-    border,
     coords,
-    empty_grid,
     fill,
     make_state,
     set_cell,
+    walled_grid,
 )
 
 
 @dataclass(frozen=True)
-class LavaGap(GridEnv):
+class LavaGap(SquareGridEnv):
     """A lava column with one gap between the agent (1, 1), facing right, and the goal at the
     bottom-right corner. The column x is uniform in [2, size-3], the gap row uniform in
     [1, size-2]. max_steps = 4 * size**2."""
@@ -35,14 +33,6 @@ class LavaGap(GridEnv):
         return f"MiniGrid-LavaGapS{self.size}-v0"
 
     @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def height(self) -> int:
-        return self.size
-
-    @property
     def max_steps(self) -> int:
         return 4 * self.size**2
 
@@ -52,7 +42,7 @@ class LavaGap(GridEnv):
         gap_x = jax.random.randint(kx, (), 2, n - 2)
         gap_y = jax.random.randint(ky, (), 1, n - 1)
         xs, ys = coords(n, n)
-        grid = fill(jnp.asarray(empty_grid(n, n)), jnp.asarray(border(n, n)), WALL_CELL)
+        grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
         lava = (xs == gap_x) & (ys >= 1) & (ys <= n - 2) & (ys != gap_y)
         grid = fill(grid, lava, LAVA_CELL)

@@ -16,8 +16,9 @@ from envs.minigrid.core import (
     PICKUP,
     TOGGLE,
     WALL_CELL,
-    GridEnv,
+    SquareGridEnv,
     State,
+    border,
     cell,
     coords,
     empty_grid,
@@ -29,7 +30,7 @@ from envs.minigrid.core import (
 
 
 @dataclass(frozen=True)
-class Memory(GridEnv):
+class Memory(SquareGridEnv):
     """A start room with a green key or ball (uniform) at (1, size//2 - 1), a hallway to the
     right, and at its end a key above and a ball below or the reverse (uniform). The agent
     starts on the middle row at x uniform in [1, hallway_end], facing right. Stepping onto the
@@ -49,14 +50,6 @@ class Memory(GridEnv):
         return f"MiniGrid-MemoryS{self.size}{'Random' if self.random_length else ''}-v0"
 
     @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def height(self) -> int:
-        return self.size
-
-    @property
     def max_steps(self) -> int:
         return 5 * self.size**2
 
@@ -66,8 +59,7 @@ class Memory(GridEnv):
         k_end, k_agent, k_start, k_other = jax.random.split(key, 4)
         xs, ys = coords(n, n)
         upper, lower = mid - 2, mid + 2
-        walls = np.zeros((n, n), bool)
-        walls[:, 0] = walls[:, n - 1] = walls[0, :] = walls[n - 1, :] = True
+        walls = border(n, n)
         walls[1:5, upper] = walls[1:5, lower] = True  # start room
         walls[4, upper + 1] = walls[4, lower - 1] = True
         grid = fill(jnp.asarray(empty_grid(n, n)), jnp.asarray(walls), WALL_CELL)

@@ -21,11 +21,11 @@ from envs.minigrid.core import (
     border,
     cell,
     coords,
-    empty_grid,
     make_state,
     sample_cell,
     set_cell,
     success_reward,
+    walled_grid,
 )
 
 
@@ -61,8 +61,7 @@ class RedBlueDoors(GridEnv):
     def _layout(self, key: jax.Array) -> State:
         s, w = self.size, self.width
         k_agent, k_dir, k_red, k_blue = jax.random.split(key, 4)
-        grid = empty_grid(w, s)
-        grid[border(w, s)] = WALL_CELL
+        grid = walled_grid(w, s)
         room = np.zeros((w, s), bool)
         room[s // 2 : s // 2 + s] = border(s, s)
         grid[room] = WALL_CELL
