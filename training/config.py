@@ -137,8 +137,13 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
 
 def diff(a: Config, b: Config) -> list[str]:
     """Dotted names whose values differ between two configs."""
-    da, db = _flatten(to_dict(a)), _flatten(to_dict(b))
+    da, db = flatten(a), flatten(b)
     return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+
+def flatten(cfg: Config) -> dict:
+    """{dotted name: value} of every field; sequences as tuples."""
+    return _flatten(to_dict(cfg))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -147,8 +152,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list | tuple) else v
     return out
+
+
+def format_value(value) -> str:
+    """A value as the text an override takes (the inverse of `parse_value`)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def validate(cfg: Config) -> None:

@@ -94,14 +94,6 @@ def load_spec(path: str | Path) -> GridSpec:
                     local=dict(data.get("local", {})))
 
 
-def _as_text(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
-
-
 def expand(spec: GridSpec, out: str | Path = "runs") -> list[GridRun]:
     """Every run of the grid, validated; duplicates (same name or same config) are refused."""
     from experiments.presets import get_preset
@@ -112,7 +104,7 @@ def expand(spec: GridSpec, out: str | Path = "runs") -> list[GridRun]:
         for variant, variant_overrides in variants.items():
             for seed in spec.seeds:
                 name = f"{preset}{'-' + variant if variant else ''}-s{seed}"
-                overrides = {k: _as_text(v) for k, v in
+                overrides = {k: config_lib.format_value(v) for k, v in
                              {**spec.overrides, **variant_overrides}.items()}
                 cfg = config_lib.apply_overrides(get_preset(preset, seed=seed), overrides)
                 try:

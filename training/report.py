@@ -184,16 +184,6 @@ def _run_dirs(paths: list[str]) -> tuple[list[Path], bool]:
     return found, first_is_grid
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list | tuple) else v
-    return out
-
-
 def _read_records(path: Path) -> list[dict]:
     eval_file = path / "eval.jsonl"
     if not eval_file.is_file():
@@ -218,18 +208,10 @@ def _read_records(path: Path) -> list[dict]:
 
 def _load_run(path: Path) -> Run:
     cfg = run_lib.load_config(path)
-    fields = _flatten(config_lib.to_dict(cfg))
+    fields = config_lib.flatten(cfg)
     fields.pop("seed")
     return Run(path=path, preset=cfg.preset, seed=cfg.seed, suite=cfg.env.suite, fields=fields,
                records=tuple(_read_records(path)), complete=(path / "final.json").is_file())
-
-
-def _fmt_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
 
 
 def group_methods(runs: list[Run]) -> list[Method]:
@@ -261,7 +243,7 @@ def group_methods(runs: list[Run]) -> list[Method]:
             label = preset
             if len(same_preset) > 1:
                 fields = members[0].fields
-                label += " [" + ", ".join(f"{k}={_fmt_value(fields.get(k))}"
+                label += " [" + ", ".join(f"{k}={config_lib.format_value(fields.get(k))}"
                                           for k in differing) + "]"
             members = sorted(members, key=lambda r: (r.seed, str(r.path)))
             for a, b in zip(members, members[1:], strict=False):
