@@ -27,7 +27,7 @@ class ArchTraining(NamedTuple):
     one_task_per_pass: bool
 
 
-def _keep_all(losses):
+def keep_all(losses):
     return jnp.ones_like(losses)
 
 
@@ -64,7 +64,7 @@ def make_arch_training(cfg: NetworkConfig) -> ArchTraining:
         # One task per pass: each task's K parameter sets are mixed once, then one matmul.
         return ArchTraining(keep, reset, regrows=False, one_task_per_pass=True)
     masked = cfg.arch == "weightmask"
-    return ArchTraining(_keep_all, _unchanged, regrows=masked, one_task_per_pass=masked)
+    return ArchTraining(keep_all, _unchanged, regrows=masked, one_task_per_pass=masked)
 
 
 def trainable_only(grads: dict) -> dict:

@@ -18,7 +18,7 @@ import optax
 from flax import struct
 
 from agents import gradient_surgery, masks
-from agents.arch_training import make_arch_training, polyak, trainable_only
+from agents.arch_training import keep_all, make_arch_training, polyak, trainable_only
 from agents.networks import NetworkConfig
 from agents.sac import losses
 from agents.sac.networks import Actor, TwinCritic, sample_tanh_gaussian
@@ -121,9 +121,6 @@ def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim
             key=k_state,
             updates=jnp.int32(0),
         )
-
-    def keep_all(losses_):
-        return jnp.ones_like(losses_)
 
     def split_by_task(batch):
         """(T * b, ...) task-major batch -> (T, b, ...) with one task id per slice."""
