@@ -41,10 +41,15 @@ MASKS = "masks"  # variable collection holding the weight masks (not trained by 
 PROBE = "mask_probe"  # zero-valued collection whose gradient is dL/d(W * m): regrow scores
 
 
-def _straight_through_top_k(scores: jax.Array, keep: int) -> jax.Array:
-    """Binary mask of the `keep` highest scores along the last axis; gradient of sigmoid."""
+def _top_k_mask(scores: jax.Array, keep: int) -> jax.Array:
+    """Binary mask of the `keep` highest scores along the last axis."""
     kth = jax.lax.top_k(scores, keep)[0][..., -1:]
-    hard = (scores >= kth).astype(scores.dtype)
+    return (scores >= kth).astype(scores.dtype)
+
+
+def _straight_through_top_k(scores: jax.Array, keep: int) -> jax.Array:
+    """`_top_k_mask` in the forward pass; the gradient of sigmoid(scores) in the backward."""
+    hard = _top_k_mask(scores, keep)
     soft = jax.nn.sigmoid(scores)
     return hard + soft - jax.lax.stop_gradient(soft)
 
@@ -220,9 +225,7 @@ def task_masks(variables: dict, unit_density: float) -> list[jax.Array]:
         while f"dictionary_{i}" in parent:
             dictionary = parent[f"dictionary_{i}"]
             keep = units_kept(dictionary.shape[-1], unit_density)
-            scores = codes @ dictionary
-            kth = jax.lax.top_k(scores, keep)[0][..., -1:]
-            found.append((scores >= kth).astype(jnp.float32))
+            found.append(_top_k_mask(codes @ dictionary, keep))
             i += 1
     return found
 
