@@ -62,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"presets:\n{preset_lines}",
     )
     train.add_argument("--preset", default="demo", help="named configuration (default: demo)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last "
-                       "checkpoint (overrides, if given, must equal the run's config)")
+    train.add_argument("--resume", metavar="DIR", nargs="+",
+                       help="continue the run in DIR from its last checkpoint (overrides, if "
+                       "given, must equal the run's config); PPO: several DIRs of one seed "
+                       "batch resume together")
+    train.add_argument("--num-seeds", type=int, default=1, metavar="N",
+                       help="PPO on the device: train seeds SEED .. SEED+N-1 together in one "
+                       "vmapped call, one run directory each (default: 1)")
     train.add_argument("--out", default="runs", help="parent folder of new runs (default: runs)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_options(train, option_table())
@@ -126,11 +131,10 @@ def _add_options(parser, table) -> None:
 
 
 def _overrides(args) -> dict:
-    overrides = {name: value for name, value in vars(args).items()
-                 if "." in name and value is not None}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    return overrides
+    from training.config import TOP_LEVEL
+
+    return {name: value for name, value in vars(args).items()
+            if ("." in name or name in TOP_LEVEL) and value is not None}
 
 
 BACKENDS = ("local", "slurm")
@@ -189,35 +193,53 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import dataclasses
+
     from experiments.presets import get_preset
     from training import config as config_lib
     from training import run_dir as run_lib
 
     overrides = _overrides(args)
+    if args.num_seeds < 1:
+        raise UsageError(f"--num-seeds must be >= 1, got {args.num_seeds}")
     if args.resume:
-        run = Path(args.resume)
-        cfg = run_lib.load_config(run)
-        wanted = config_lib.apply_overrides(cfg, overrides)
-        changed = config_lib.diff(cfg, wanted)
-        if changed:
-            raise UsageError(f"--resume {run}: overrides differ from the run's config in: "
-                             f"{', '.join(changed)}")
+        if args.num_seeds != 1:
+            raise UsageError("--num-seeds does not apply to --resume (pass every run DIR)")
+        runs = [Path(r) for r in args.resume]
+        cfgs = []
+        for run in runs:
+            cfg = run_lib.load_config(run)
+            changed = config_lib.diff(cfg, config_lib.apply_overrides(cfg, overrides))
+            if changed:
+                raise UsageError(f"--resume {run}: overrides differ from the run's config in: "
+                                 f"{', '.join(changed)}")
+            cfgs.append(cfg)
     else:
         cfg = config_lib.apply_overrides(get_preset(args.preset), overrides)
-    config_lib.validate(cfg)
-    from training.loop import Trainer  # after validation: imports JAX and builds envs
+        cfgs = [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(args.num_seeds)]
+    for cfg in cfgs:
+        config_lib.validate(cfg)
+    if len(cfgs) > 1 and cfgs[0].algo != "ppo":
+        raise UsageError(f"several seeds in one process need algo ppo; '{cfgs[0].preset}' uses "
+                         f"{cfgs[0].algo} (launch one process per seed, or a grid)")
+    from training.checkpoint import Checkpointer
 
     if args.resume:
-        from training.checkpoint import Checkpointer
-
-        Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()  # fail early
+        for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
+            Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()
     else:
-        run = run_lib.create(args.out, cfg)
-    print(f"run directory: {run}", flush=True)
-    trainer = Trainer(cfg, run, show_progress=not args.no_progress)
-    result = trainer.train(resume=bool(args.resume))
-    _print_result(result, f"{cfg.env.suite} after {result['step']} steps per task")
-    print(f"\nrun files: {run} (config.json, eval.jsonl, tb/, checkpoints/, final.json)")
+        runs = [run_lib.create(args.out, cfg) for cfg in cfgs]
+    for run in runs:
+        print(f"run directory: {run}", flush=True)
+    from training.train import train_runs
+
+    results = train_runs(cfgs, runs, resume=bool(args.resume),
+                         show_progress=not args.no_progress)
+    for run, cfg, result in zip(runs, cfgs, results, strict=True):
+        _print_result(result, f"{run.name}: {cfg.env.suite} after {result['step']} steps per "
+                              "task")
+    print(f"\nrun files: {', '.join(map(str, runs))} (config.json, eval.jsonl, tb/, "
+          "checkpoints/, final.json)")
     return 0
 
 
@@ -279,7 +301,7 @@ def main(argv: list[str]) -> int:
         print("interrupted; resume with `python launch.py train --resume <run>`", file=sys.stderr)
         return 130
     except Exception as e:
-        from training.loop import TrainingDiverged
+        from training.errors import TrainingDiverged
 
         if isinstance(e, TrainingDiverged):
             print(f"error: training diverged: {e}", file=sys.stderr)

@@ -16,10 +16,19 @@ task-split batch that way); architectures that do not exploit the scalar form br
 
 Experts and heads are stacked parameters evaluated with `nn.vmap` / one einsum, never a
 Python loop over experts or tasks.
+
+Encoders (`NetworkConfig.encoder`): `mlp` (flat observations; `hidden_sizes` are the trunk's or
+each expert's layers, heads are linear) or `cnn`, MOORE's MiniGrid networks
+(moore/utils/networks_ppo.py): observations are flattened (7, 7, 3) images; the trunk or each
+expert is Conv(16, 2x2)-ReLU-Conv(32, 2x2)-ReLU-Conv(64, 2x2) -> 1024 features, and
+`hidden_sizes` are the Tanh hidden layers of the output head(s) (MOORE: 128). With `cnn`:
+`mtmlp` = one CNN (Tanh) + one-hot -> head (MOORE's "SH" network, MTPPO); `multihead` = one
+CNN (Tanh) -> per-task heads; `moe` / `moore` = k CNN experts mixed as above, per-task heads.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +40,9 @@ from training.errors import UsageError
 
 ARCHITECTURES = ("mtmlp", "multihead", "moe", "moore", "paco", "care", "softmod", "unitmask",
                  "weightmask")
+ENCODERS = ("mlp", "cnn")
+CNN_ARCHS = ("mtmlp", "multihead", "moe", "moore")
+MINIGRID_IMAGE = (7, 7, 3)
 
 # PyTorch's nn.Linear default (used by MOORE's reference code): weights and biases
 # uniform in +-1/sqrt(fan_in). Kept so our networks start where the reference ones do.
@@ -78,23 +90,66 @@ class MLP(nn.Module):
 
 
 class TaskHeads(nn.Module):
-    """One Linear(in -> out) per task, applied to each sample with its own task's head."""
+    """One head per task, applied to each sample with its own task's head: Linear(in -> out),
+    or with `hidden` sizes, Linear-Tanh stacks before it (MOORE's MiniGrid heads)."""
 
     num_tasks: int
     features: int
+    hidden: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, x, task_id):
-        fan_in = x.shape[-1]
-        kernel = self.param("kernel", _stacked_xavier, (self.num_tasks, fan_in, self.features))
-        bias = self.param(
-            "bias", _torch_bias_init(fan_in), (self.num_tasks, self.features)
-        )
-        # Gathering a (B, in, out) weight tensor would cost B x the head size in memory;
-        # an einsum over the one-hot selects each sample's head without materialising it.
-        one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=x.dtype)
-        per_task = jnp.einsum("bi,tio->bto", x, kernel) + bias
-        return jnp.einsum("bt,bto->bo", one_hot, per_task)
+        sizes = (*self.hidden, self.features)
+        for i, size in enumerate(sizes):
+            fan_in = x.shape[-1]
+            kernel = self.param(f"kernel{i}" if i else "kernel", _stacked_xavier,
+                                (self.num_tasks, fan_in, size))
+            bias = self.param(f"bias{i}" if i else "bias", _torch_bias_init(fan_in),
+                              (self.num_tasks, size))
+            if jnp.ndim(task_id) == 0:
+                # One task for the whole batch (learners vmap over a task-split batch): index
+                # its head, one matmul instead of one per task.
+                x = x @ kernel[task_id] + bias[task_id]
+            else:
+                # Gathering a (B, in, out) weight tensor would cost B x the head size in
+                # memory; an einsum over the one-hot selects each sample's head instead.
+                one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=x.dtype)
+                per_task = jnp.einsum("bi,tio->bto", x, kernel) + bias
+                x = jnp.einsum("bt,bto->bo", one_hot, per_task)
+            if i < len(sizes) - 1:
+                x = jnp.tanh(x)
+        return x
+
+
+class MinigridCNN(nn.Module):
+    """MOORE's MiniGrid image encoder: three 2x2 VALID convs (16, 32, 64), ReLU between,
+    flattened to 4 * 4 * 64 = 1024 features. Input: raw uint8 values as floats, flattened
+    (B, 147) and reshaped here, as MOORE feeds `state.float()` with no scaling.
+
+    Each conv is computed as its im2col matmul (the four shifted views concatenated, times the
+    (2, 2, in, out) kernel reshaped): the same function as `nn.Conv`, but XLA on the CPU runs
+    these tiny convolutions, and their gradients, several times faster as one matmul."""
+
+    @nn.compact
+    def __call__(self, obs):
+        x = obs.reshape(*obs.shape[:-1], *MINIGRID_IMAGE)
+        for i, channels in enumerate((16, 32, 64)):
+            fan_in = x.shape[-1] * 4
+            kernel = self.param(f"conv{i}_kernel", _torch_kernel_init,
+                                (2, 2, x.shape[-1], channels))
+            bias = self.param(f"conv{i}_bias", _torch_bias_init(fan_in), (channels,))
+            x = conv2x2(x, kernel) + bias
+            if i < 2:
+                x = nn.relu(x)
+        return x.reshape(*x.shape[:-3], -1)
+
+
+def conv2x2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID 2x2 cross-correlation of (..., H, W, C) with a (2, 2, C, O) kernel."""
+    h, w = x.shape[-3] - 1, x.shape[-2] - 1
+    patches = jnp.concatenate([x[..., dh:dh + h, dw:dw + w, :] for dh in (0, 1) for dw in (0, 1)],
+                              axis=-1)
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
 def _stacked_xavier(key, shape):
@@ -130,20 +185,33 @@ def gram_schmidt(vectors: jax.Array, eps: float = 1e-8) -> jax.Array:
 
 
 class OneHotMLP(nn.Module):
-    """Shared MLP on concat(obs, one_hot(task)); one output layer (MTSAC) or one per task."""
+    """Shared MLP on concat(obs, one_hot(task)); one output layer (MTSAC) or one per task.
+    With the CNN encoder, MOORE's MiniGrid "SH" (one-hot after the CNN) and "MH" networks."""
 
     num_tasks: int
     out_dim: int
     hidden_sizes: Sequence[int]
     multi_head: bool
+    encoder: str = "mlp"
 
     @nn.compact
     def __call__(self, obs, task_id):
-        task_id = per_sample(task_id, obs)
-        x = jnp.concatenate([obs, jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)], -1)
+        heads = TaskHeads(self.num_tasks, self.out_dim, self.hidden_sizes
+                          if self.encoder == "cnn" else ())
+        head_task, task_id = task_id, per_sample(task_id, obs)
+        one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)
+        if self.encoder == "cnn":
+            x = jnp.tanh(MinigridCNN()(obs))
+            if self.multi_head:
+                return heads(x, head_task)
+            x = jnp.concatenate([x, one_hot], -1)
+            for size in self.hidden_sizes:
+                x = jnp.tanh(Linear(size)(x))
+            return Linear(self.out_dim)(x)
+        x = jnp.concatenate([obs, one_hot], -1)
         x = MLP(self.hidden_sizes, activate_final=True)(x)
         if self.multi_head:
-            return TaskHeads(self.num_tasks, self.out_dim)(x, task_id)
+            return heads(x, head_task)
         return Linear(self.out_dim)(x)
 
 
@@ -156,18 +224,18 @@ class MixtureOfExperts(nn.Module):
     hidden_sizes: Sequence[int]
     num_experts: int
     orthogonal: bool
+    encoder: str = "mlp"
 
     @nn.compact
     def __call__(self, obs, task_id):
-        task_id = per_sample(task_id, obs)
-        experts = nn.vmap(
-            MLP,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=-2,
-            axis_size=self.num_experts,
-        )(self.hidden_sizes, activate_final=False)
+        head_task, task_id = task_id, per_sample(task_id, obs)
+        stacked = functools.partial(nn.vmap, variable_axes={"params": 0},
+                                    split_rngs={"params": True}, in_axes=None, out_axes=-2,
+                                    axis_size=self.num_experts)
+        if self.encoder == "cnn":
+            experts, head_hidden = stacked(MinigridCNN)(), self.hidden_sizes
+        else:
+            experts, head_hidden = stacked(MLP)(self.hidden_sizes, activate_final=False), ()
         expert_out = experts(obs)  # (B, k, H)
         if self.orthogonal:
             expert_out = gram_schmidt(expert_out)
@@ -179,12 +247,15 @@ class MixtureOfExperts(nn.Module):
             name="task_weights",
         )(one_hot)
         features = jnp.tanh(jnp.einsum("bk,bkh->bh", weights, expert_out))
-        return TaskHeads(self.num_tasks, self.out_dim)(features, task_id)
+        return TaskHeads(self.num_tasks, self.out_dim, head_hidden)(features, head_task)
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     arch: str = "moore"
+    # mlp: hidden_sizes are the trunk's / each expert's ReLU layers. cnn (MiniGrid images):
+    # MOORE's CNN trunk / experts, and hidden_sizes are the heads' Tanh layers.
+    encoder: str = "mlp"
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
     # Experts of moe/moore; also CARE's encoders, PaCo's parameter sets and Soft Modules'
     # modules per layer: each is "how many parallel copies the tasks mix".
@@ -210,15 +281,22 @@ def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
     """The module for `cfg.arch`; call it as `net.apply(params, obs, task_id)`."""
     if cfg.arch not in ARCHITECTURES:
         raise UsageError(f"unknown network.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
+    if cfg.encoder not in ENCODERS:
+        raise UsageError(f"unknown network.encoder '{cfg.encoder}'; valid: {', '.join(ENCODERS)}")
+    if cfg.encoder == "cnn" and cfg.arch not in CNN_ARCHS:
+        raise UsageError(f"network.encoder cnn supports network.arch {', '.join(CNN_ARCHS)}; "
+                         f"got '{cfg.arch}'")
     if not cfg.hidden_sizes or min(cfg.hidden_sizes) <= 0:
         raise UsageError(f"network.hidden_sizes must be positive, got {cfg.hidden_sizes}")
     sizes = tuple(cfg.hidden_sizes)
     if cfg.arch in ("mtmlp", "multihead"):
-        return OneHotMLP(num_tasks, out_dim, sizes, multi_head=cfg.arch == "multihead")
+        return OneHotMLP(num_tasks, out_dim, sizes, multi_head=cfg.arch == "multihead",
+                         encoder=cfg.encoder)
     if cfg.num_experts < 1:
         raise UsageError(f"network.num_experts must be >= 1, got {cfg.num_experts}")
     if cfg.arch in ("moe", "moore"):
-        return MixtureOfExperts(num_tasks, out_dim, sizes, cfg.num_experts, cfg.arch == "moore")
+        return MixtureOfExperts(num_tasks, out_dim, sizes, cfg.num_experts, cfg.arch == "moore",
+                                cfg.encoder)
     if cfg.arch in ("unitmask", "weightmask"):
         from agents import masks
 

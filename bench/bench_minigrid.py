@@ -86,7 +86,7 @@ def ours(env, num_envs: int, steps: int, seed: int = 0):
             state, key, checksum = carry
             key, k_action, k_reset = jax.random.split(key, 3)
             actions = jax.random.randint(k_action, (num_envs,), 0, NUM_ACTIONS)
-            state, obs, reward, terminated, truncated = step(
+            state, obs, reward, terminated, truncated, _ = step(
                 state, actions, jax.random.split(k_reset, num_envs))
             checksum = (checksum + obs.sum(dtype=jnp.int32) + reward.sum()
                         + terminated.sum() + truncated.sum())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from agents.networks import NetworkConfig
+from agents.ppo.train import PPOConfig
 from agents.sac.train import SACConfig
 from training.config import Config, EnvConfig, EvalConfig, TrainConfig
 from training.errors import UsageError
@@ -85,6 +86,30 @@ PRESETS["mt10_moore_paper"] = _paper_protocol(PRESETS["mt10_moore"])
 PRESETS["mt10_moe_paper"] = _paper_protocol(PRESETS["mt10_moe"])
 PRESETS["mt50_moore_paper"] = _paper_protocol(PRESETS["mt50_moore"])
 
+
+
+def _minigrid(size: int, arch: str, experts: int) -> Config:
+    """MOORE's MiniGrid protocol: PPO (its defaults), CNN experts and 128-unit Tanh heads,
+    2e5 env steps per task, 16 stochastic evaluation episodes per task."""
+    return Config(
+        algo="ppo",
+        env=EnvConfig(suite=f"minigrid_mt{size}"),
+        network=NetworkConfig(arch=arch, encoder="cnn", hidden_sizes=(128,),
+                              num_experts=experts),
+        ppo=PPOConfig(),
+        train=TrainConfig(total_steps_per_task=200_000, eval_every=20_000,
+                          checkpoint_every=20_000),
+        eval=EvalConfig(episodes=16, deterministic=False),
+    )
+
+
+# k = 2 / 3 / 4 experts for MT3 / MT5 / MT7 (the MOORE paper); MoE uses the same k; MTPPO is
+# MOORE's single CNN with the one-hot after it ("SH" network).
+for _size, _k in ((3, 2), (5, 3), (7, 4)):
+    PRESETS[f"minigrid_mt{_size}_moore"] = _minigrid(_size, "moore", _k)
+    PRESETS[f"minigrid_mt{_size}_moe"] = _minigrid(_size, "moe", _k)
+    PRESETS[f"minigrid_mt{_size}_mtppo"] = _minigrid(_size, "mtmlp", 1)
+
 DESCRIPTIONS = {
     "demo": "small MOORE on MT10, a few minutes on a laptop CPU (the default run)",
     "mt10_mtsac": "MTSAC: shared 3x400 MLP with one-hot input, MT10",
@@ -111,6 +136,14 @@ DESCRIPTIONS = {
     "mt10_moe_paper": "MoE, MT10, MOORE paper protocol",
     "mt50_moore_paper": "MOORE, MT50, MOORE paper protocol",
 }
+for _size, _k in ((3, 2), (5, 3), (7, 4)):
+    DESCRIPTIONS.update({
+        f"minigrid_mt{_size}_moore": f"MOORE-PPO: {_k} orthogonal CNN experts, per-task heads, "
+                                     f"MiniGrid MT{_size}",
+        f"minigrid_mt{_size}_moe": f"MoE-PPO: {_k} CNN experts (no orthogonalisation), "
+                                   f"MiniGrid MT{_size}",
+        f"minigrid_mt{_size}_mtppo": f"MTPPO: one CNN + task one-hot, MiniGrid MT{_size}",
+    })
 
 
 def get_preset(name: str, seed: int = 0) -> Config:

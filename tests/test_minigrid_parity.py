@@ -110,7 +110,8 @@ def test_step_autoreset():
     for t in range(150):
         key, action = jax.random.key(t), int(rng.integers(7))
         expected = step(state, action)
-        state, obs, reward, terminated, truncated = auto(state, action, key)
+        state, obs, reward, terminated, truncated, final_obs = auto(state, action, key)
+        assert np.array_equal(final_obs, expected[1])
         assert reward == expected[2] and terminated == expected[3] and truncated == expected[4]
         if terminated or truncated:
             ended += 1

@@ -144,7 +144,8 @@ def test_resume_refuses_changed_config_and_corrupt_checkpoint(tmp_path):
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
     from experiments.presets import get_preset
     from training import config as config_lib
-    from training.loop import Trainer, TrainingDiverged
+    from training.errors import TrainingDiverged
+    from training.loop import Trainer
 
     cfg = config_lib.apply_overrides(get_preset("demo"), {
         "env.suite": "custom", "env.tasks": "reach-v3,drawer-close-v3",

@@ -8,16 +8,21 @@ import typing
 from dataclasses import dataclass, field
 
 from agents.networks import NetworkConfig
+from agents.ppo.train import PPOConfig
 from agents.sac.train import SACConfig
 from training.errors import UsageError
 
 
 @dataclass(frozen=True)
 class EnvConfig:
-    suite: str = "mt10"  # mt10 | mt50 | custom
-    tasks: tuple[str, ...] = ()  # only for suite=custom
-    reward_version: str = "v2"
-    max_episode_steps: int = 500  # 150 in the MOORE paper's protocol
+    # Meta-World: mt10 | mt50 | custom. MiniGrid: minigrid_mt3 | minigrid_mt5 | minigrid_mt7 |
+    # minigrid_custom (envs/minigrid/multitask.py).
+    suite: str = "mt10"
+    tasks: tuple[str, ...] = ()  # only for suite=custom / minigrid_custom
+    reward_version: str = "v2"  # Meta-World only
+    max_episode_steps: int = 500  # Meta-World only (150 in the MOORE paper's protocol);
+    # MiniGrid envs keep their own max_steps
+    backend: str = "jax"  # MiniGrid only: jax (our envs, on the device) | gym (minigrid itself)
 
 
 @dataclass(frozen=True)
@@ -37,18 +42,25 @@ class EvalConfig:
     deterministic: bool = True  # mean action; MOORE's code samples (False)
 
 
+ALGORITHMS = ("sac", "ppo")
+MINIGRID_BACKENDS = ("jax", "gym")
+
+
 @dataclass(frozen=True)
 class Config:
     preset: str = "custom"
     seed: int = 0
+    algo: str = "sac"  # sac (Meta-World, training/loop.py) | ppo (MiniGrid, training/ppo_loop.py)
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sac: SACConfig = field(default_factory=SACConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-SECTIONS = ("env", "network", "sac", "train", "eval")
+SECTIONS = ("env", "network", "sac", "ppo", "train", "eval")
+TOP_LEVEL = {"seed": int, "algo": str}  # overridable fields outside the sections
 
 
 def to_dict(cfg: Config) -> dict:
@@ -56,11 +68,12 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(data: dict) -> Config:
-    kwargs = {"preset": data["preset"], "seed": data["seed"]}
+    # Configs written before a field or section existed load with its default.
+    kwargs = {"preset": data["preset"], "seed": data["seed"], "algo": data.get("algo", "sac")}
     for section in SECTIONS:
         cls = type(getattr(Config(), section))
         hints = typing.get_type_hints(cls)
-        values = {k: _coerce_json(hints[k], v) for k, v in data[section].items()}
+        values = {k: _coerce_json(hints[k], v) for k, v in data.get(section, {}).items()}
         kwargs[section] = cls(**values)
     return Config(**kwargs)
 
@@ -71,8 +84,8 @@ def _coerce_json(hint, value):
 
 def option_table() -> list[tuple[str, type, object]]:
     """Every overridable option as (dotted name, type hint, default of the bare config)."""
-    rows = [("seed", int, 0)]
     base = Config()
+    rows = [(name, hint, getattr(base, name)) for name, hint in TOP_LEVEL.items()]
     for section in SECTIONS:
         sub = getattr(base, section)
         hints = typing.get_type_hints(type(sub))
@@ -126,8 +139,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
                 f"unknown option --{name}; see `python launch.py train --help` for all options"
             )
         value = parse_value(name, table[name], text)
-        if name == "seed":
-            cfg = dataclasses.replace(cfg, seed=value)
+        if name in TOP_LEVEL:
+            cfg = dataclasses.replace(cfg, **{name: value})
             continue
         section, key = name.split(".", 1)
         sub = dataclasses.replace(getattr(cfg, section), **{key: value})
@@ -167,14 +180,79 @@ def format_value(value) -> str:
 
 def validate(cfg: Config) -> None:
     """Reject configs that cannot run, with a one-line message naming the value."""
-    t, s, e = cfg.train, cfg.sac, cfg.env
+    from envs.minigrid.multitask import is_minigrid
+
+    if cfg.algo not in ALGORITHMS:
+        raise UsageError(f"unknown algo '{cfg.algo}'; valid: {', '.join(ALGORITHMS)}")
+    wanted = "ppo" if is_minigrid(cfg.env.suite) else "sac"
+    if cfg.algo != wanted:
+        raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
+                         f"MiniGrid suites use ppo, Meta-World suites use sac")
+    t = cfg.train
     positive = {
         "train.total_steps_per_task": t.total_steps_per_task,
-        "train.chunk_steps": t.chunk_steps,
         "train.eval_every": t.eval_every,
         "train.checkpoint_every": t.checkpoint_every,
         "train.keep_checkpoints": t.keep_checkpoints,
         "eval.episodes": cfg.eval.episodes,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise UsageError(f"--{name} must be positive, got {value}")
+    if cfg.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
+    if t.devices < 0:  # the upper bound needs JAX's backend: training/sharding.py checks it
+        raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
+    if cfg.algo == "ppo":
+        _validate_ppo(cfg)
+    else:
+        _validate_sac(cfg)
+    # Checked here, before a run directory exists, so bad input leaves nothing behind.
+    from agents.networks import make_network
+
+    make_network(cfg.network, 1, 1)
+
+
+def _validate_ppo(cfg: Config) -> None:
+    from envs.minigrid.multitask import task_names
+
+    task_names(cfg.env.suite, cfg.env.tasks)
+    if cfg.env.backend not in MINIGRID_BACKENDS:
+        raise UsageError(f"unknown env.backend '{cfg.env.backend}'; valid: "
+                         f"{', '.join(MINIGRID_BACKENDS)}")
+    p, t = cfg.ppo, cfg.train
+    for name in ("epochs", "num_minibatches", "steps_per_task", "envs_per_task",
+                 "critic_epochs", "critic_minibatches"):
+        if getattr(p, name) <= 0:
+            raise UsageError(f"--ppo.{name} must be positive, got {getattr(p, name)}")
+    for name in ("actor_lr", "critic_lr"):
+        value = getattr(p, name)
+        if not value > 0 or value == float("inf"):
+            raise UsageError(f"--ppo.{name} must be a positive number, got {value}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(p, name) <= 1:
+            raise UsageError(f"--ppo.{name} must be in [0, 1], got {getattr(p, name)}")
+    if not p.clip > 0 or p.entropy_coef < 0 or p.max_grad_norm < 0:
+        raise UsageError("--ppo.clip must be positive and --ppo.entropy_coef and "
+                         f"--ppo.max_grad_norm >= 0, got {p.clip}, {p.entropy_coef}, "
+                         f"{p.max_grad_norm}")
+    if p.steps_per_task % p.envs_per_task:
+        raise UsageError(f"--ppo.envs_per_task ({p.envs_per_task}) must divide "
+                         f"--ppo.steps_per_task ({p.steps_per_task})")
+    for name in ("num_minibatches", "critic_minibatches"):
+        if p.steps_per_task % getattr(p, name):
+            raise UsageError(f"--ppo.{name} ({getattr(p, name)}) must divide "
+                             f"--ppo.steps_per_task ({p.steps_per_task})")
+    for name in ("total_steps_per_task", "eval_every", "checkpoint_every"):
+        if getattr(t, name) % p.steps_per_task:
+            raise UsageError(f"--train.{name} ({getattr(t, name)}) must be a multiple of "
+                             f"--ppo.steps_per_task ({p.steps_per_task})")
+
+
+def _validate_sac(cfg: Config) -> None:
+    t, s, e = cfg.train, cfg.sac, cfg.env
+    positive = {
+        "train.chunk_steps": t.chunk_steps,
         "sac.batch_size_per_task": s.batch_size_per_task,
         "sac.buffer_size_per_task": s.buffer_size_per_task,
         "env.max_episode_steps": e.max_episode_steps,
@@ -194,10 +272,6 @@ def validate(cfg: Config) -> None:
         )
     if s.buffer_size_per_task < s.batch_size_per_task:
         raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
-    if cfg.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
-    if t.devices < 0:  # the upper bound needs JAX's backend: training/sharding.py checks it
-        raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
     for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):
         value = getattr(s, name)
         if not value > 0 or value == float("inf"):
@@ -214,12 +288,9 @@ def validate(cfg: Config) -> None:
     if not cfg.network.paco_reset_threshold > 0:
         raise UsageError("--network.paco_reset_threshold must be a positive number, got "
                          f"{cfg.network.paco_reset_threshold}")
-    # Checked here, before a run directory exists, so bad input leaves nothing behind.
-    from agents.networks import make_network
     from envs.metaworld import check_env_args
 
     check_env_args(e.suite, e.tasks, e.reward_version, e.max_episode_steps)
-    make_network(cfg.network, 1, 1)
 
 
 def dumps(cfg: Config) -> str:

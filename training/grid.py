@@ -146,8 +146,6 @@ def execute(run: GridRun, show_progress: bool = False) -> dict | None:
     A run directory left without a checkpoint (killed before its first save) is trained
     from the start again; its config must equal the grid's.
     """
-    from training.loop import Trainer
-
     status = run_status(run)
     if status == "done":
         return None
@@ -161,8 +159,10 @@ def execute(run: GridRun, show_progress: bool = False) -> dict | None:
             (run.run_dir / "eval.jsonl").unlink(missing_ok=True)
     else:
         run_lib.create_at(run.run_dir, run.config)
-    trainer = Trainer(run.config, run.run_dir, show_progress=show_progress)
-    return trainer.train(resume=status == "partial")
+    from training.train import train_runs
+
+    return train_runs([run.config], [run.run_dir], resume=status == "partial",
+                      show_progress=show_progress)[0]
 
 
 def status_table(runs: list[GridRun]) -> str:

@@ -37,12 +37,8 @@ from training import figures, replay, sharding
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
-from training.errors import UsageError
+from training.errors import TrainingDiverged, UsageError
 from training.evaluation import evaluate
-
-
-class TrainingDiverged(Exception):
-    """A loss became NaN or infinite; the last checkpoint on disk is still good."""
 
 
 @dataclass

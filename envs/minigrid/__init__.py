@@ -23,12 +23,15 @@ API, per environment (an immutable `GridEnv`; its methods are pure functions):
     state, obs, reward, terminated, truncated = env.step(state, action)
     state = env.from_minigrid(reference_env)      # load a minigrid env's current state
     obs = env.observation(state)
+    state, obs, reward, terminated, truncated, final_obs = env.step_autoreset(state, action, key)
 
 `action` is minigrid's: 0 left, 1 right, 2 forward, 3 pickup, 4 drop, 5 toggle, 6 done.
 `reward` float32 (success: 1 - 0.9 * step_count / max_steps, else 0), `terminated` and
 `truncated` (step_count >= max_steps) bool. Like minigrid, `step` does not reset;
 `env.step_autoreset(state, action, key)` is `step` followed, where the episode ended, by
-`reset(key)` (the new episode's state and observation, the ended step's reward and flags).
+`reset(key)` (the new episode's state and observation, the ended step's reward and flags);
+`final_obs` is the ended step's own observation, before the reset (= `obs` where the episode
+goes on), to bootstrap V(final_obs) on truncation.
 Actions outside 0..6 are no-ops (minigrid raises).
 
 State (`core.State`, a `flax.struct` dataclass; one env; leading batch axes under vmap):

@@ -299,15 +299,18 @@ class GridEnv:
 
     def step_autoreset(
         self, state: State, action, key: jax.Array
-    ) -> tuple[State, jax.Array, jax.Array, jax.Array, jax.Array]:
-        """`step`; where the episode ended (terminated or truncated), the returned state and
-        observation are those of a fresh `reset(key)` (reward and flags stay the ended step's).
+    ) -> tuple[State, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(state, obs, reward, terminated, truncated, final_obs): `step`; where the episode
+        ended (terminated or truncated), the returned state and observation are those of a
+        fresh `reset(key)`, while reward and flags stay the ended step's and `final_obs` is the
+        ended step's observation (before the reset; equal to `obs` elsewhere), for bootstrapping
+        V(final_obs) on truncation. Unused, `final_obs` costs nothing under jit (dead code).
         """
         state, obs, reward, terminated, truncated = self.step(state, action)
         fresh, fresh_obs = self.reset(key)
         done = terminated | truncated
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh, state)
-        return state, jnp.where(done, fresh_obs, obs), reward, terminated, truncated
+        return state, jnp.where(done, fresh_obs, obs), reward, terminated, truncated, obs
 
     def _layout(self, key: jax.Array) -> State:
         raise NotImplementedError

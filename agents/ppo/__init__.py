@@ -1,0 +1,1 @@
+"""PPO for multi-task discrete-action agents (MTPPO, MoE-PPO, MOORE-PPO)."""

@@ -1,0 +1,269 @@
+"""Multi-task PPO: rollout, GAE, epochs of minibatch updates, all pure functions.
+
+`make_ppo` returns:
+- `init(key) -> PPOState` (learner and on-device env state of one seed);
+- `train_updates(state, n) -> (state, metrics[n])`: n PPO iterations (rollout + update) in one
+  `lax.scan`, no host round trip; `jax.vmap` it over a leading seed axis to train N seeds in
+  one call;
+- `learn(learner, rollout) -> (learner, metrics)`: the update alone, for a rollout collected
+  elsewhere (the host-stepped `minigrid` backend uses this);
+- `sample(actor_params, obs, key) -> (actions, log_probs)` (the rollout's policy),
+  `policy(actor_params, obs, key, deterministic) -> actions` and
+  `evaluate(actor_params, key, episodes, deterministic) -> (returns, successes)`, per task.
+
+Defaults are MOORE's MiniGrid PPO (run_minigrid_ppo_mt.py and its run scripts; REFERENCE.md):
+Adam 1e-3 for actor and critic, gamma 0.99, GAE 0.95, clip 0.2, entropy 0.01, 8 epochs,
+2000 env steps per task per update from one env per task, advantages normalised per task,
+and a critic fitted with one full-batch Adam step per update (mushroom-rl's
+TorchApproximator.fit with its defaults: one epoch, batch_size 0 = the whole batch).
+
+Deviations, all documented in PPOConfig: minibatches are task-balanced (every minibatch holds
+2000 / 8 = 250 samples of each task, where MOORE shuffles all tasks' samples together into
+ceil(N / 768)-sized batches), and the env state carries over between updates (MOORE's Core
+resets every env at the start of each update's 2000 steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from agents.networks import NetworkConfig
+from agents.ppo import losses
+from agents.ppo.networks import Actor, Critic, per_task_apply
+from envs.minigrid.multitask import ACTION_COUNT, OBS_DIM, MultiTaskGrid
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    entropy_coef: float = 0.01
+    epochs: int = 8
+    # Task-balanced minibatches per epoch: each holds steps_per_task / num_minibatches samples
+    # of every task (MOORE: batches of 256 x n_tasks, ceil(2000 / 256) = 8 per epoch).
+    num_minibatches: int = 8
+    steps_per_task: int = 2000  # env steps per task between updates
+    envs_per_task: int = 1  # parallel envs per task (MOORE: 1); rollout length = steps / envs
+    # MOORE fits the critic with one full-batch step per update; more epochs / minibatches give
+    # the usual PPO critic.
+    critic_epochs: int = 1
+    critic_minibatches: int = 1
+    max_grad_norm: float = 0.0  # global-norm clipping of each update; 0: none (MOORE)
+
+
+class Rollout(NamedTuple):
+    """One update's data, time-major (L, T, E, ...)."""
+
+    obs: jax.Array  # uint8 (L, T, E, 147)
+    action: jax.Array  # int32
+    log_prob: jax.Array
+    reward: jax.Array
+    terminated: jax.Array  # bool
+    done: jax.Array  # bool: terminated or truncated
+    final_obs: jax.Array  # uint8: the step's own next observation, before any reset
+
+
+@struct.dataclass
+class Learner:
+    actor_params: dict
+    critic_params: dict
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    key: jax.Array
+    updates: jax.Array  # int32
+
+
+@struct.dataclass
+class EnvCarry:
+    states: tuple  # one batched minigrid State per task
+    obs: jax.Array  # uint8 (T, E, 147)
+    episode_return: jax.Array  # (T, E) return of the running episodes
+    key: jax.Array
+
+
+@struct.dataclass
+class PPOState:
+    learner: Learner
+    env: EnvCarry
+
+
+class PPO(NamedTuple):
+    actor: Actor
+    critic: Critic
+    env: MultiTaskGrid
+    init: Callable
+    train_updates: Callable
+    learn: Callable
+    sample: Callable
+    policy: Callable
+    evaluate: Callable
+
+
+def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]) -> PPO:
+    num_tasks = len(task_names)
+    env = MultiTaskGrid(task_names, ppo.envs_per_task)
+    length = ppo.steps_per_task // ppo.envs_per_task
+    actor = Actor(network, num_tasks, ACTION_COUNT)
+    critic = Critic(network, num_tasks)
+
+    def optimiser(lr):
+        adam = optax.adam(lr)
+        return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), adam) \
+            if ppo.max_grad_norm > 0 else adam
+
+    actor_tx, critic_tx = optimiser(ppo.actor_lr), optimiser(ppo.critic_lr)
+
+    def init(key) -> PPOState:
+        k_actor, k_critic, k_learn, k_env, k_reset = jax.random.split(key, 5)
+        obs = jnp.zeros((1, OBS_DIM), jnp.float32)
+        actor_params = actor.init(k_actor, obs, jnp.int32(0))
+        critic_params = critic.init(k_critic, obs, jnp.int32(0))
+        learner = Learner(actor_params, critic_params, actor_tx.init(actor_params),
+                          critic_tx.init(critic_params), k_learn, jnp.int32(0))
+        states, first_obs = env.reset(k_reset)
+        carry = EnvCarry(states, first_obs, jnp.zeros(first_obs.shape[:2], jnp.float32), k_env)
+        return PPOState(learner, carry)
+
+    def policy(actor_params, obs, key, deterministic: bool = False):
+        logits = per_task_apply(actor, actor_params, obs)
+        if deterministic:
+            return jnp.argmax(logits, -1)
+        return jax.random.categorical(key, logits)
+
+    def sample(actor_params, obs, key):
+        """A sampled action per env and its log-probability (the rollout's policy)."""
+        logits = per_task_apply(actor, actor_params, obs)
+        action = jax.random.categorical(key, logits)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], -1)
+        return action, log_prob[..., 0]
+
+    def collect(actor_params, carry: EnvCarry):
+        """`length` steps of every env; -> (carry, Rollout, episode statistics per task)."""
+
+        def step(c, _):
+            states, obs, ep_return, key = c.states, c.obs, c.episode_return, c.key
+            key, k_act, k_env = jax.random.split(key, 3)
+            action, log_prob = sample(actor_params, obs, k_act)
+            states, next_obs, reward, terminated, truncated, final_obs = env.step(
+                states, action, k_env)
+            done = terminated | truncated
+            ep_return = ep_return + reward
+            finished = (jnp.where(done, ep_return, 0.0), done, done & (ep_return > 0))
+            ep_return = jnp.where(done, 0.0, ep_return)
+            data = Rollout(obs, action, log_prob, reward, terminated, done, final_obs)
+            return EnvCarry(states, next_obs, ep_return, key), (data, finished)
+
+        carry, (rollout, (ret_sum, ended, succeeded)) = jax.lax.scan(step, carry, None, length)
+        count = ended.sum((0, 2))
+        stats = {"episodes": count,
+                 "return_sum": ret_sum.sum((0, 2)),
+                 "success_sum": succeeded.sum((0, 2))}
+        return carry, rollout, stats
+
+    def by_task(x):
+        """(L, T, E, ...) -> (T, L * E, ...)."""
+        x = jnp.swapaxes(x, 0, 1)
+        return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+    def minibatch_steps(params, opt_state, tx, loss_fn, data, key, epochs, minibatches):
+        """`epochs` passes over task-major `data` (T, N, ...), each in task-balanced
+        minibatches (every minibatch takes N / minibatches samples of every task)."""
+        n = data[0].shape[1]
+        size = n // minibatches
+
+        def epoch(carry, k):
+            perm = jax.vmap(lambda kk: jax.random.permutation(kk, n))(
+                jax.random.split(k, num_tasks))
+            batches = [jnp.take_along_axis(x, perm.reshape(num_tasks, n, *(1,) * (x.ndim - 2)),
+                                           1) for x in data]
+            batches = [x.reshape(num_tasks, minibatches, size, *x.shape[2:]).swapaxes(0, 1)
+                       for x in batches]
+
+            def sgd(c, batch):
+                p, o = c
+                (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, *batch)
+                updates, o = tx.update(grads, o, p)
+                return (optax.apply_updates(p, updates), o), {"loss": loss, **aux}
+
+            return jax.lax.scan(sgd, carry, batches)
+
+        (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state),
+                                                    jax.random.split(key, epochs))
+        return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+    def actor_loss(params, obs, action, old_log_prob, adv):
+        logits = per_task_apply(actor, params, obs)
+        return losses.policy_loss(logits, action, old_log_prob, adv, ppo.clip, ppo.entropy_coef)
+
+    def critic_loss(params, obs, target):
+        return losses.value_loss(per_task_apply(critic, params, obs), target), {}
+
+    def learn(learner: Learner, rollout: Rollout):
+        obs, final_obs = by_task(rollout.obs), by_task(rollout.final_obs)
+        values = per_task_apply(critic, learner.critic_params, obs)
+        next_values = per_task_apply(critic, learner.critic_params, final_obs)
+        # back to time-major for the backward recursion, per env
+        shape = rollout.reward.shape  # (L, T, E)
+        to_time = lambda x: jnp.swapaxes(x.reshape(shape[1], shape[0], shape[2]), 0, 1)  # noqa: E731
+        adv, targets = losses.gae(to_time(values), to_time(next_values), rollout.reward,
+                                  rollout.terminated.astype(jnp.float32), rollout.done,
+                                  ppo.gamma, ppo.gae_lambda)
+        adv = losses.normalise_per_task(adv, task_axis=1)
+        key, k_critic, k_actor = jax.random.split(learner.key, 3)
+        critic_params, critic_opt, critic_metrics = minibatch_steps(
+            learner.critic_params, learner.critic_opt, critic_tx, critic_loss,
+            (obs, by_task(targets)), k_critic, ppo.critic_epochs, ppo.critic_minibatches)
+        actor_params, actor_opt, actor_metrics = minibatch_steps(
+            learner.actor_params, learner.actor_opt, actor_tx, actor_loss,
+            (obs, by_task(rollout.action), by_task(rollout.log_prob), by_task(adv)), k_actor,
+            ppo.epochs, ppo.num_minibatches)
+        metrics = {"value_loss": critic_metrics["loss"], "policy_loss": actor_metrics["loss"],
+                   "entropy": actor_metrics["entropy"],
+                   "approx_kl": actor_metrics["approx_kl"],
+                   "clip_fraction": actor_metrics["clip_fraction"],
+                   "value_mean": values.mean()}
+        return Learner(actor_params, critic_params, actor_opt, critic_opt, key,
+                       learner.updates + 1), metrics
+
+    def one_update(state: PPOState, _):
+        carry, rollout, stats = collect(state.learner.actor_params, state.env)
+        learner, metrics = learn(state.learner, rollout)
+        return PPOState(learner, carry), {**metrics, **stats}
+
+    def train_updates(state: PPOState, num_updates: int):
+        return jax.lax.scan(one_update, state, None, num_updates)
+
+    def evaluate(actor_params, key, episodes: int, deterministic: bool = False):
+        """`episodes` fresh episodes per task, run side by side on new env instances until each
+        has ended once. -> (returns, successes), each (T, episodes)."""
+        eval_env = MultiTaskGrid(task_names, episodes)
+        k_reset, key = jax.random.split(key)
+        states, obs = eval_env.reset(k_reset)
+        horizon = int(eval_env.max_steps.max())
+
+        def step(c, _):
+            states, obs, ret, success, alive, key = c
+            key, k_act, k_env = jax.random.split(key, 3)
+            action = policy(actor_params, obs, k_act, deterministic)
+            states, obs, reward, terminated, truncated, _ = eval_env.step(states, action, k_env)
+            ret = ret + jnp.where(alive, reward, 0.0)
+            success = success | (alive & terminated & (reward > 0))
+            alive = alive & ~(terminated | truncated)
+            return (states, obs, ret, success, alive, key), None
+
+        zeros = jnp.zeros((num_tasks, episodes))
+        init = (states, obs, zeros, zeros.astype(bool), ~zeros.astype(bool), key)
+        (_, _, ret, success, _, _), _ = jax.lax.scan(step, init, None, horizon)
+        return ret, success
+
+    return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate)

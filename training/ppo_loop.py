@@ -1,0 +1,292 @@
+"""The MiniGrid PPO loop: N seeds trained together on the device, or one seed on `minigrid`.
+
+On-device backend (`env.backend jax`): each seed's whole PPO iteration (rollout in our JAX
+envs, GAE, epochs of minibatch updates) is `agents/ppo/train.py`'s pure `train_updates`; it
+is vmapped over the seeds and jitted, and one call runs a chunk of iterations. The Python
+loop here only runs between chunks: tensorboardX logging, per-task evaluation on fresh env
+instances (16 episodes per task, stochastic by default, MOORE's protocol), checkpoints.
+
+Each seed is its own run directory (config.json with its seed, eval.jsonl, tb/, checkpoints/
+holding that seed's slice of the state), so reports and grids see ordinary runs; training
+them in one process is only how they were computed. A seed trained alone and in a batch
+follows the same random streams (its keys derive from its own seed only).
+
+Reference backend (`env.backend gym`): the same agent and update (`learn`), with the rollout
+stepped on the host through `minigrid`'s gymnasium envs, one seed per process. Its
+checkpoints hold the learner but not the Python envs: a resumed run restarts its envs from
+fresh episodes (seeded by the run's seed and step), so it is deterministic but not identical
+to an uninterrupted run. The on-device backend resumes exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from agents.ppo.train import PPOState, Rollout, make_ppo
+from envs.minigrid.multitask import GymMultiTask, task_names
+from training import run_dir as run_lib
+from training.checkpoint import Checkpointer
+from training.config import Config, diff
+from training.errors import TrainingDiverged, UsageError
+
+
+def seed_keys(seed: int):
+    """(init key, evaluation key base) of one seed: a function of the seed alone."""
+    return jax.random.split(jax.random.PRNGKey(seed))
+
+
+def eval_key(seed: int, step: int):
+    return jax.random.fold_in(seed_keys(seed)[1], step)
+
+
+def evaluation_record(cfg: Config, names, step: int, updates: int, returns, successes) -> dict:
+    """eval.jsonl's record (the Meta-World loop's format) from (T, episodes) arrays."""
+    returns, successes = np.asarray(returns, np.float64), np.asarray(successes, bool)
+    per_task = {name: {"success": float(successes[t].mean()), "return": float(returns[t].mean()),
+                       "episodes": int(returns.shape[1])} for t, name in enumerate(names)}
+    return {"step": step, "suite": cfg.env.suite, "updates": updates,
+            "deterministic": cfg.eval.deterministic, "mean_success": float(successes.mean()),
+            "mean_return": float(returns.mean()), "per_task": per_task}
+
+
+class PPOTrainer:
+    """Trains the runs `runs` (configs `cfgs`, equal except for the seed) side by side."""
+
+    def __init__(self, cfgs: list[Config], runs: list[Path], show_progress: bool = True):
+        if not cfgs or len(cfgs) != len(runs):
+            raise UsageError("PPOTrainer needs one config per run")
+        for cfg in cfgs[1:]:
+            changed = [k for k in diff(cfgs[0], cfg) if k != "seed"]
+            if changed:
+                raise UsageError(f"runs trained together must differ only in the seed; "
+                                 f"they differ in {', '.join(changed)}")
+        seeds = [c.seed for c in cfgs]
+        if len(set(seeds)) != len(seeds):
+            raise UsageError(f"runs trained together need distinct seeds, got {seeds}")
+        self.cfg, self.cfgs, self.runs, self.seeds = cfgs[0], cfgs, runs, seeds
+        if self.cfg.env.backend == "gym" and len(runs) > 1:
+            raise UsageError("env.backend gym trains one seed per process; got "
+                             f"{len(runs)} seeds (use env.backend jax to batch seeds)")
+        self.show_progress = show_progress
+        self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
+        self.ppo = make_ppo(self.cfg.ppo, self.cfg.network, self.names)
+        t, p = self.cfg.train, self.cfg.ppo
+        self.steps_per_chunk = math.gcd(t.eval_every, t.checkpoint_every, t.total_steps_per_task)
+        self.updates_per_chunk = self.steps_per_chunk // p.steps_per_task
+        self.checkpointers = [Checkpointer(r / "checkpoints", t.keep_checkpoints) for r in runs]
+        self._train = jax.jit(jax.vmap(functools.partial(
+            self.ppo.train_updates, num_updates=self.updates_per_chunk)), donate_argnums=0)
+        self._evaluate = jax.jit(jax.vmap(functools.partial(
+            self.ppo.evaluate, episodes=self.cfg.eval.episodes,
+            deterministic=self.cfg.eval.deterministic)))
+        self._learn = jax.jit(self.ppo.learn, donate_argnums=0)
+        self._sample = jax.jit(self.ppo.sample)
+        self._policy = jax.jit(self.ppo.policy, static_argnums=3)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _fresh(self):
+        keys = jnp.stack([seed_keys(s)[0] for s in self.seeds])
+        self.state = jax.jit(jax.vmap(self.ppo.init))(keys)
+        self.step = 0
+
+    def _restore(self):
+        self._fresh()  # the template
+        trees, steps = [], set()
+        for run, ck in zip(self.runs, self.checkpointers, strict=True):
+            tree, meta = ck.restore()
+            if meta.get("complete"):
+                raise UsageError(f"run '{run}' is already complete ({meta['env_steps']} steps)")
+            trees.append(tree["state"])
+            steps.add(meta["env_steps"])
+        if len(steps) != 1:
+            raise UsageError(f"runs resumed together must have their last checkpoint at the "
+                             f"same step; got steps {sorted(steps)}")
+        self.step = steps.pop()
+        slices = [serialization.from_state_dict(self._slice(i), tree)
+                  for i, tree in enumerate(trees)]
+        self.state = jax.tree.map(lambda *xs: jnp.stack(xs), *slices)
+        for run in self.runs:
+            run_lib.truncate_evals(run, self.step)
+
+    def _slice(self, i: int):
+        return _index(self.state, i)
+
+    def _save(self, complete: bool = False):
+        host = jax.device_get(self.state)
+        for i, ck in enumerate(self.checkpointers):
+            tree = {"state": serialization.to_state_dict(_index(host, i))}
+            ck.save(self.step, tree, {"env_steps": self.step, "complete": complete,
+                                      "updates": self.step // self.cfg.ppo.steps_per_task})
+
+    # ---- loop ------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> list[dict]:
+        """Train every run to the end; -> each run's last evaluation record."""
+        if resume:
+            self._restore()
+        else:
+            self._fresh()
+        writers = [SummaryWriter(str(r / "tb"), purge_step=self.step + 1 if resume else None)
+                   for r in self.runs]
+        t = self.cfg.train
+        last = [None] * len(self.runs)
+        bar = tqdm(total=t.total_steps_per_task, initial=self.step, unit="step",
+                   desc=f"{self.cfg.preset} x{len(self.runs)} seeds",
+                   disable=not self.show_progress, dynamic_ncols=True)
+        backend = self._gym_chunk if self.cfg.env.backend == "gym" else self._device_chunk
+        try:
+            if not resume:
+                last = self._evaluate_all(writers)
+            while self.step < t.total_steps_per_task:
+                start = time.perf_counter()
+                metrics = backend()
+                self.step += self.steps_per_chunk
+                elapsed = time.perf_counter() - start
+                self._log(writers, metrics, elapsed)
+                bar.update(self.steps_per_chunk)
+                if self.step % t.eval_every == 0 or self.step >= t.total_steps_per_task:
+                    last = self._evaluate_all(writers)
+                    bar.set_postfix(success=f"{np.mean([r['mean_success'] for r in last]):.2f}")
+                if self.step % t.checkpoint_every == 0 and self.step < t.total_steps_per_task:
+                    self._save()
+            for run, record in zip(self.runs, last, strict=True):
+                run_lib.write_atomic(run / "final.json", json.dumps(record, indent=2))
+            self._save(complete=True)
+        finally:
+            bar.close()
+            for w in writers:
+                w.close()
+        return last
+
+    def _device_chunk(self) -> dict:
+        self.state, metrics = self._train(self.state)
+        return jax.device_get(metrics)
+
+    def _log(self, writers, metrics: dict, elapsed: float) -> None:
+        """Check for divergence, then write each run's chunk means to its tensorboard."""
+        for name in ("value_loss", "policy_loss"):
+            if not np.all(np.isfinite(metrics[name])):
+                last = self.checkpointers[0].latest_step()
+                raise TrainingDiverged(f"non-finite {name} in the chunk ending at step "
+                                       f"{self.step}; last good checkpoint: step {last}")
+        steps_per_s = self.steps_per_chunk * len(self.names) * len(self.runs) / max(elapsed,
+                                                                                    1e-9)
+        for i, w in enumerate(writers):
+            for name in ("value_loss", "policy_loss", "entropy", "approx_kl", "clip_fraction",
+                         "value_mean"):
+                w.add_scalar(f"train/{name}", float(np.mean(metrics[name][i])), self.step)
+            episodes = metrics["episodes"][i].sum(0)
+            returns = metrics["return_sum"][i].sum(0) / np.maximum(episodes, 1)
+            success = metrics["success_sum"][i].sum(0) / np.maximum(episodes, 1)
+            for t, task in enumerate(self.names):
+                w.add_scalar(f"train_return/{task}", float(returns[t]), self.step)
+                w.add_scalar(f"train_success/{task}", float(success[t]), self.step)
+            w.add_scalar("train/mean_success", float(success.mean()), self.step)
+            w.add_scalar("perf/env_steps_per_s", steps_per_s, self.step)
+
+    def _evaluate_all(self, writers) -> list[dict]:
+        """Evaluate every seed on fresh envs; append to eval.jsonl and tensorboard."""
+        keys = jnp.stack([eval_key(s, self.step) for s in self.seeds])
+        if self.cfg.env.backend == "gym":
+            returns, successes = self._gym_evaluate(keys[0])
+            returns, successes = returns[None], successes[None]
+        else:
+            returns, successes = jax.device_get(
+                self._evaluate(self.state.learner.actor_params, keys))
+        updates = self.step // self.cfg.ppo.steps_per_task
+        records = []
+        for i, (run, w) in enumerate(zip(self.runs, writers, strict=True)):
+            record = evaluation_record(self.cfgs[i], self.names, self.step, updates,
+                                       returns[i], successes[i])
+            run_lib.append_eval(run, record)
+            w.add_scalar("eval/mean_success", record["mean_success"], self.step)
+            w.add_scalar("eval/mean_return", record["mean_return"], self.step)
+            for task, r in record["per_task"].items():
+                w.add_scalar(f"eval_success/{task}", r["success"], self.step)
+                w.add_scalar(f"eval_return/{task}", r["return"], self.step)
+            w.flush()
+            records.append(record)
+        return records
+
+    # ---- the reference backend (minigrid on the host) ----------------------------------------
+
+    def _gym_envs(self):
+        if getattr(self, "_gym", None) is None:
+            p = self.cfg.ppo
+            # Seeded by the run's seed and the step the envs start at (a resume starts anew).
+            self._gym = GymMultiTask(self.names, p.envs_per_task,
+                                     seed=self.seeds[0] * 1_000_003 + self.step)
+            self._gym_obs = self._gym.reset()
+            self._gym_key = jax.random.fold_in(seed_keys(self.seeds[0])[0], self.step + 1)
+        return self._gym
+
+    def _gym_chunk(self) -> dict:
+        env = self._gym_envs()
+        length = self.cfg.ppo.steps_per_task // self.cfg.ppo.envs_per_task
+        learner = self._slice(0).learner
+        all_metrics = []
+        for _ in range(self.updates_per_chunk):
+            data = {k: [] for k in Rollout._fields}
+            ep_return = getattr(self, "_gym_return", np.zeros(self._gym_obs.shape[:2]))
+            finished = np.zeros((3, len(self.names)))
+            for _ in range(length):
+                self._gym_key, k_act = jax.random.split(self._gym_key)
+                action, log_prob = (np.asarray(x) for x in self._sample(
+                    learner.actor_params, jnp.asarray(self._gym_obs), k_act))
+                obs, reward, terminated, truncated, final_obs = env.step(action)
+                done = terminated | truncated
+                for k, v in zip(Rollout._fields, (self._gym_obs, action, log_prob, reward,
+                                                  terminated, done, final_obs), strict=True):
+                    data[k].append(v)
+                ep_return = ep_return + reward
+                finished += np.stack([done.sum(1), np.where(done, ep_return, 0).sum(1),
+                                      (done & (ep_return > 0)).sum(1)])
+                ep_return = np.where(done, 0.0, ep_return)
+                self._gym_obs = obs
+            self._gym_return = ep_return
+            rollout = Rollout(*(jnp.asarray(np.stack(data[k])) for k in Rollout._fields))
+            learner, metrics = self._learn(learner, rollout)
+            metrics = jax.device_get(metrics)
+            metrics.update(episodes=finished[0], return_sum=finished[1], success_sum=finished[2])
+            all_metrics.append(metrics)
+        self.state = jax.tree.map(lambda full, new: full.at[0].set(new), self.state,
+                                  PPOState(learner, self._slice(0).env))
+        return {k: np.stack([m[k] for m in all_metrics])[None] for k in all_metrics[0]}
+
+    def _gym_evaluate(self, key):
+        """`eval.episodes` fresh minigrid episodes per task, side by side, each run once."""
+        episodes = self.cfg.eval.episodes
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        env = GymMultiTask(self.names, episodes, seed=seed)
+        obs = env.reset()
+        params = self._slice(0).learner.actor_params
+        shape = (len(self.names), episodes)
+        ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
+        while alive.any():
+            key, k_act = jax.random.split(key)
+            action = np.asarray(self._policy(params, jnp.asarray(obs), k_act,
+                                             self.cfg.eval.deterministic))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            ret += np.where(alive, reward, 0.0)
+            success |= alive & terminated & (reward > 0)
+            alive &= ~(terminated | truncated)
+        env.close()
+        return ret, success
+
+
+
+def _index(tree, i: int):
+    """Seed i's slice of a seed-batched tree."""
+    return jax.tree.map(lambda x: x[i], tree)
