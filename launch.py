@@ -219,10 +219,10 @@ def cmd_train(args) -> int:
         cfgs = [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(args.num_seeds)]
     for cfg in cfgs:
         config_lib.validate(cfg)
-    if len(cfgs) > 1 and cfgs[0].algo != "ppo":
-        raise UsageError(f"several seeds in one process need algo ppo; '{cfgs[0].preset}' uses "
-                         f"{cfgs[0].algo} (launch one process per seed, or a grid)")
     from training.checkpoint import Checkpointer
+    from training.train import check_seed_batch, train_runs
+
+    check_seed_batch(cfgs)
 
     if args.resume:
         for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
@@ -231,8 +231,6 @@ def cmd_train(args) -> int:
         runs = [run_lib.create(args.out, cfg) for cfg in cfgs]
     for run in runs:
         print(f"run directory: {run}", flush=True)
-    from training.train import train_runs
-
     results = train_runs(cfgs, runs, resume=bool(args.resume),
                          show_progress=not args.no_progress)
     for run, cfg, result in zip(runs, cfgs, results, strict=True):
@@ -263,10 +261,12 @@ def cmd_eval(args) -> int:
         result = evaluate(scripted_agent(env.task_names), env, args.episodes or 10)
         _print_result(result, f"scripted experts on {args.suite}, seed {args.seed}")
         return 0
-    from training.loop import reevaluate
-
     run = Path(args.run)
     cfg = run_lib.load_config(run)
+    if cfg.algo == "ppo":
+        from training.ppo_loop import reevaluate
+    else:
+        from training.loop import reevaluate
     deterministic = cfg.eval.deterministic
     if args.stochastic or args.deterministic:
         deterministic = args.deterministic

@@ -35,6 +35,11 @@ def _launch(*args, cwd=None):
     (["eval", "--agent", "scripted", "--episodes", "0"], "--episodes must be positive"),
     (["eval", "--run", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
     (["train", "--resume", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
+    (["train", "--num-seeds", "2"], "several seeds in one process need algo ppo; 'demo' uses sac"),
+    (["train", "--preset", "minigrid_mt3_moore", "--env.backend", "gym", "--num-seeds", "2"],
+     "env.backend gym trains one seed per process; got 2 seeds"),
+    (["train", "--preset", "minigrid_mt3_moore", "--env.suite", "minigrid_custom",
+      "--env.tasks", "LavaGapS9"], "unknown MiniGrid env 'LavaGapS9' in --env.tasks"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     result = _launch(*args, "--out", str(tmp_path / "runs")) if args[0] == "train" and \

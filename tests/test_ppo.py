@@ -182,6 +182,12 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
     for x, y in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(x, y)
 
+    # `launch.py eval --run` on the final checkpoint reproduces the last eval.jsonl record.
+    from training.ppo_loop import reevaluate
+
+    again = reevaluate(cfgs[0], full0, None, None, deterministic=False)
+    assert again == _evals(full0)[-1]
+
     # Seed 1 trained alone follows the streams it followed in the batch.
     (alone,), _ = _train([cfgs[1]], tmp_path / "alone")
     for a, b in zip(_evals(alone), _evals(full1), strict=True):

@@ -18,6 +18,8 @@ from training.config import Config
 # Flax's automatic names of the components, in words.
 _READABLE = {
     "VmapMLP_0": "experts",
+    "VmapMinigridCNN_0": "CNN experts",
+    "MinigridCNN_0": "CNN trunk",
     "task_weights": "task weights",
     "TaskHeads_0": "task heads",
     "MLP_0": "trunk",
@@ -39,10 +41,20 @@ def _network_root(params: dict) -> dict:
 
 def count_parameters(cfg: Config) -> dict:
     """{'actor': {component: n, ...}, 'critic': {...}, 'masks': {...}, 'num_tasks': T}."""
-    num_tasks = len(suite_tasks(cfg.env.suite, cfg.env.tasks))
-    learner = make_learner(cfg.sac, cfg.network, num_tasks, OBS_DIM, ACTION_DIM)
-    state = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-    out = {"num_tasks": num_tasks, "masks": {}}
+    if cfg.algo == "ppo":
+        from agents.ppo.train import make_ppo
+        from envs.minigrid.multitask import task_names
+
+        names = task_names(cfg.env.suite, cfg.env.tasks)
+        state = jax.eval_shape(make_ppo(cfg.ppo, cfg.network, names).init,
+                               jax.random.PRNGKey(0)).learner
+        num_tasks = len(names)
+    else:
+        num_tasks = len(suite_tasks(cfg.env.suite, cfg.env.tasks))
+        learner = make_learner(cfg.sac, cfg.network, num_tasks, OBS_DIM, ACTION_DIM)
+        state = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+    out = {"num_tasks": num_tasks, "masks": {}, "critic_label": "critic (2 twins)"
+           if cfg.algo == "sac" else "critic"}
     for name, variables in (("actor", state.actor_params), ("critic", state.critic_params)):
         root = _network_root(variables["params"])
         out[name] = {_READABLE.get(k, k): _size(v) for k, v in root.items()}
@@ -55,7 +67,7 @@ def format_counts(counts: dict, title: str) -> str:
     lines = [title, f"{'network':<8} {'component':<28} {'parameters':>12}"]
     total = 0
     for net in ("actor", "critic"):
-        label = net if net == "actor" else "critic (2 twins)"
+        label = net if net == "actor" else counts.get("critic_label", "critic (2 twins)")
         for component, n in counts[net].items():
             lines.append(f"{net:<8} {component:<28} {n:>12,}")
         subtotal = sum(counts[net].values())

@@ -20,6 +20,7 @@ to an uninterrupted run. The on-device backend resumes exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -75,9 +76,6 @@ class PPOTrainer:
         if len(set(seeds)) != len(seeds):
             raise UsageError(f"runs trained together need distinct seeds, got {seeds}")
         self.cfg, self.cfgs, self.runs, self.seeds = cfgs[0], cfgs, runs, seeds
-        if self.cfg.env.backend == "gym" and len(runs) > 1:
-            raise UsageError("env.backend gym trains one seed per process; got "
-                             f"{len(runs)} seeds (use env.backend jax to batch seeds)")
         self.show_progress = show_progress
         self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
         self.ppo = make_ppo(self.cfg.ppo, self.cfg.network, self.names)
@@ -200,7 +198,9 @@ class PPOTrainer:
         """Evaluate every seed on fresh envs; append to eval.jsonl and tensorboard."""
         keys = jnp.stack([eval_key(s, self.step) for s in self.seeds])
         if self.cfg.env.backend == "gym":
-            returns, successes = self._gym_evaluate(keys[0])
+            returns, successes = gym_evaluate(self._policy, self._slice(0).learner.actor_params,
+                                              self.names, keys[0], self.cfg.eval.episodes,
+                                              self.cfg.eval.deterministic)
             returns, successes = returns[None], successes[None]
         else:
             returns, successes = jax.device_get(
@@ -265,28 +265,51 @@ class PPOTrainer:
                                   PPOState(learner, self._slice(0).env))
         return {k: np.stack([m[k] for m in all_metrics])[None] for k in all_metrics[0]}
 
-    def _gym_evaluate(self, key):
-        """`eval.episodes` fresh minigrid episodes per task, side by side, each run once."""
-        episodes = self.cfg.eval.episodes
-        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-        env = GymMultiTask(self.names, episodes, seed=seed)
-        obs = env.reset()
-        params = self._slice(0).learner.actor_params
-        shape = (len(self.names), episodes)
-        ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
-        while alive.any():
-            key, k_act = jax.random.split(key)
-            action = np.asarray(self._policy(params, jnp.asarray(obs), k_act,
-                                             self.cfg.eval.deterministic))
-            obs, reward, terminated, truncated, _ = env.step(action)
-            ret += np.where(alive, reward, 0.0)
-            success |= alive & terminated & (reward > 0)
-            alive &= ~(terminated | truncated)
-        env.close()
-        return ret, success
-
-
 
 def _index(tree, i: int):
     """Seed i's slice of a seed-batched tree."""
     return jax.tree.map(lambda x: x[i], tree)
+
+
+def gym_evaluate(policy, actor_params, names, key, episodes: int, deterministic: bool):
+    """`episodes` fresh minigrid episodes per task, side by side, each run once.
+    `policy` is the jitted `PPO.policy`. -> (returns, successes), each (T, episodes)."""
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    env = GymMultiTask(names, episodes, seed=seed)
+    obs = env.reset()
+    shape = (len(names), episodes)
+    ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
+    while alive.any():
+        key, k_act = jax.random.split(key)
+        action = np.asarray(policy(actor_params, jnp.asarray(obs), k_act, deterministic))
+        obs, reward, terminated, truncated, _ = env.step(action)
+        ret += np.where(alive, reward, 0.0)
+        success |= alive & terminated & (reward > 0)
+        alive &= ~(terminated | truncated)
+    env.close()
+    return ret, success
+
+
+def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
+               deterministic: bool) -> dict:
+    """Evaluate a saved checkpoint of a PPO run on fresh envs (the run's backend); the record
+    goes to reeval.jsonl. With the run's episodes and mode it reproduces that step's record."""
+    tree, meta = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore(step)
+    names = task_names(cfg.env.suite, cfg.env.tasks)
+    ppo = make_ppo(cfg.ppo, cfg.network, names)
+    template = jax.jit(ppo.init)(seed_keys(cfg.seed)[0])
+    params = serialization.from_state_dict(template, tree["state"]).learner.actor_params
+    episodes = episodes or cfg.eval.episodes
+    key = eval_key(cfg.seed, meta["env_steps"])
+    if cfg.env.backend == "gym":
+        returns, successes = gym_evaluate(jax.jit(ppo.policy, static_argnums=3), params, names,
+                                          key, episodes, deterministic)
+    else:
+        returns, successes = jax.jit(functools.partial(
+            ppo.evaluate, episodes=episodes, deterministic=deterministic))(params, key)
+    record = evaluation_record(dataclasses.replace(
+        cfg, eval=dataclasses.replace(cfg.eval, deterministic=deterministic)), names,
+        meta["env_steps"], meta["updates"], returns, successes)
+    with open(run / "reeval.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record

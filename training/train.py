@@ -5,12 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.config import Config
+from training.errors import UsageError
+
+
+def check_seed_batch(cfgs: list[Config]) -> None:
+    """Several seeds train in one process only with PPO on the device."""
+    if len(cfgs) == 1:
+        return
+    if cfgs[0].algo != "ppo":
+        raise UsageError(f"several seeds in one process need algo ppo; '{cfgs[0].preset}' uses "
+                         f"{cfgs[0].algo} (launch one process per seed, or a grid)")
+    if cfgs[0].env.backend == "gym":
+        raise UsageError(f"env.backend gym trains one seed per process; got {len(cfgs)} seeds "
+                         "(use env.backend jax to batch seeds)")
 
 
 def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
                show_progress: bool) -> list[dict]:
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
     one config) train together only with PPO on the device."""
+    check_seed_batch(cfgs)
     if cfgs[0].algo == "ppo":
         from training.ppo_loop import PPOTrainer
 
