@@ -9,7 +9,7 @@
     python launch.py params --preset mt10_moore      # parameter counts per component
     python launch.py grid experiments/<spec>.toml --backend local|slurm
     python launch.py status experiments/<spec>.toml  # what is done, partial, new
-    python launch.py report runs/<grid> [--out DIR]  # tables and figures from eval.jsonl
+    python launch.py report runs/<grid> [--out DIR] [--metric success|return]  # tables, figures
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures (PNG).")
     report.add_argument("paths", nargs="+", help="grid folders or run directories")
     report.add_argument("--out", help="output folder (default: <grid>/report or ./report)")
+    report.add_argument("--metric", default="success",
+                        help="per-task score to report: success (default; success rate in %%) "
+                             "or return (mean undiscounted episode return)")
 
     ev = commands.add_parser("eval", help="evaluate a saved run or a scripted agent")
     ev.add_argument("--run", metavar="DIR", help="run directory to re-evaluate")
@@ -173,7 +176,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from training.report import report
 
-    print(report(args.paths, args.out))
+    print(report(args.paths, args.out, metric=args.metric))
     return 0
 
 

@@ -101,9 +101,10 @@ def test_bootstrap_is_deterministic_and_seeded():
 # ---- crafted runs ----------------------------------------------------------------------------
 
 
-def _record(step: int, successes, suite: str = "mt10") -> dict:
-    per_task = {t: {"success": s, "return": 100.0 * s, "episodes": 4}
-                for t, s in zip(TASKS, successes, strict=True)}
+def _record(step: int, successes, suite: str = "mt10", returns=None) -> dict:
+    returns = [100.0 * s for s in successes] if returns is None else returns
+    per_task = {t: {"success": s, "return": r, "episodes": 4}
+                for t, s, r in zip(TASKS, successes, returns, strict=True)}
     return {"step": step, "suite": suite, "updates": step, "deterministic": True,
             "mean_success": float(np.mean(successes)), "mean_return": 0.0, "per_task": per_task}
 
@@ -262,6 +263,48 @@ def test_single_seed_has_no_interval(tmp_path):
     run = _write_run(tmp_path / "r", get_preset("mt10_moore"), [_record(0, (1.0, 0.0))])
     text = report([str(run)], str(tmp_path / "out"))
     assert "n/a (1 seed)" in text
+
+
+def test_return_metric_tables_use_returns_without_references(tmp_path):
+    # returns (Meta-World scale) per seed x task; successes differ so a mix-up would show
+    returns = {0: (900.0, 100.0), 1: (300.0, 600.0)}
+    runs = [str(_write_run(tmp_path / f"r{seed}", get_preset("mt10_moore", seed=seed),
+                           [_record(0, (0.0, 0.0), returns=(0.0, 0.0)),
+                            _record(10, (1.0, 0.0), returns=ret)]))
+            for seed, ret in returns.items()]
+    text = report(runs, str(tmp_path / "out"), metric="return")
+    # pooled 100, 300, 600, 900: int(0.25 * 4) = 1 cut at each end -> IQM (300 + 600) / 2
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["kind"] for r in rows] == ["ours"]  # MT10 has published rows: success only
+    assert float(rows[0]["iqm_return"]) == pytest.approx(450.0)
+    assert float(rows[0]["mean_return"]) == pytest.approx(475.0)
+    with open(tmp_path / "out" / "per_task.csv") as f:
+        per_task = {r["task"]: r for r in csv.DictReader(f)}
+    assert float(per_task["reach-v3"]["mean_return"]) == pytest.approx(600.0)
+    assert float(per_task["push-v3"]["max_return"]) == pytest.approx(600.0)
+    assert "Metric: return" in text.splitlines()[2]
+    assert "| mt10_moore | 2 | 10 | 475.000 |" in text and "| 450.000 |" in text
+    assert "| reach-v3 | 600.000 |" in text and "| push-v3 | 350.000 |" in text
+    assert "published reference numbers are success rates; not shown for --metric return" \
+        in text
+    assert "reference:" not in text and "success rate (%)" not in text
+    for name in ("per_task.tex", "summary.tex"):
+        tex = (tmp_path / "out" / name).read_text()
+        assert r"\caption{Return" in tex and r"\%)" not in tex and "Reference" not in tex
+
+
+def test_bad_metric_is_a_one_line_usage_error(tmp_path, capsys):
+    from launch import main
+
+    run = _write_run(tmp_path / "r", get_preset("mt10_moore"), [_record(0, (1.0, 0.0))])
+    message = "unknown --metric 'x'; valid: success, return"
+    with pytest.raises(UsageError) as err:
+        report([str(run)], str(tmp_path / "out"), metric="x")
+    assert str(err.value) == message
+    assert main(["report", str(run), "--out", str(tmp_path / "out"), "--metric", "x"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -8,11 +8,17 @@ for the seed. A method is labelled by its preset; where several methods share a 
 dotted config fields that differ between them are appended, e.g.
 `mt10_moore [env.reward_version=v1]`.
 
+Metric (`--metric`): `success` (default) reports each task's success rate, `return` its mean
+undiscounted episode return (`per_task[task]["return"]` in eval.jsonl; MiniGrid: in [0, 1],
+Meta-World: hundreds to thousands), printed as plain numbers with 3 decimals. Everything below
+(tables, CSV, LaTeX, figures) uses the chosen metric; only the published reference rows,
+which are success rates, are left out for `return`.
+
 Statistics (REFERENCE.md "Results statistics", i.e. rliable's recommendations):
 - the reported checkpoint is the FINAL evaluation of each run (the last eval.jsonl record),
   never a best-of-training;
-- per method, a score matrix S[seed, task] of success rates (fractions in eval.jsonl, printed
-  as percentages);
+- per method, a score matrix S[seed, task] of the metric (success: fractions in eval.jsonl,
+  printed as percentages; return: as stored);
 - mean = mean over tasks per seed, then over seeds (= mean of S);
 - IQM = interquartile mean of the pooled per-(seed, task) scores: the mean of the middle 50 %
   of S flattened, cutting int(0.25 * n) scores at each end (exactly
@@ -30,10 +36,11 @@ packages for two estimators of a few lines each. The same estimators are impleme
 numpy and tested against hand-computed values and scipy's trim_mean.
 
 Outputs (in `out`): report.md, per_task.csv, summary.csv, per_task.tex, summary.tex
-(booktabs), curves.png (IQM of success vs env steps per task with the 95 % CI band) and
-per_task.png (mean success per task, error bars = min/max over seeds). The summary also lists
-published numbers for the report's suite from experiments/reference_results.toml, labelled
-"reference: <method> (<source>)"; they were not re-run here and their protocols differ.
+(booktabs), curves.png (IQM of the metric vs env steps per task with the 95 % CI band) and
+per_task.png (mean per task, error bars = min/max over seeds). For `--metric success` the
+summary also lists published numbers for the report's suite from
+experiments/reference_results.toml, labelled "reference: <method> (<source>)"; they were not
+re-run here and their protocols differ.
 """
 
 from __future__ import annotations
@@ -55,6 +62,51 @@ REFERENCE_FILE = Path(__file__).resolve().parent.parent / "experiments" / "refer
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-task score of eval.jsonl and how the report prints and labels it."""
+
+    key: str  # field of per_task[task] in eval.jsonl; also the word used in prose
+    label: str  # tables, captions and axes, e.g. "success rate (%)"
+    latex_label: str
+    header: str  # report.md's opening sentence, before ", at the final checkpoint ..."
+    scale: float  # printed value = scale * stored value
+    digits: int  # decimals in tables
+    csv_digits: int  # decimals in the CSV files
+    csv_unit: str  # CSV column suffix, e.g. mean_pct
+    limits: tuple | None  # printed-value range of the figure axes; None: matplotlib's
+    references: bool  # the published reference rows (success percentages) apply
+
+    def text(self, x: float | None, digits: int | None = None) -> str:
+        """A stored value as printed in tables ('' for None)."""
+        digits = self.digits if digits is None else digits
+        return "" if x is None else f"{self.scale * x:.{digits}f}"
+
+    def csv_text(self, x: float | None) -> str:
+        return self.text(x, self.csv_digits)
+
+
+METRICS = {
+    "success": Metric(key="success", label="success rate (%)",
+                      latex_label=r"success rate (\%)", header="Success rates in %",
+                      scale=100, digits=1, csv_digits=4, csv_unit="pct", limits=(0, 100),
+                      references=True),
+    "return": Metric(key="return", label="return", latex_label="return",
+                     header="Metric: return (mean undiscounted episode return per task, "
+                            "plain numbers, not %)",
+                     scale=1, digits=3, csv_digits=6, csv_unit="return", limits=None,
+                     references=False),
+}
+NO_REFERENCES_NOTE = ("published reference numbers are success rates; not shown for "
+                      "--metric return")
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise UsageError(f"unknown --metric '{name}'; valid: {', '.join(METRICS)}")
+    return METRICS[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,13 +195,13 @@ class Method:
     def seeds(self) -> list[int]:
         return [r.seed for r in self.runs]
 
-    def matrix(self, record_of) -> np.ndarray:
-        """(seeds, tasks) success matrix from the record `record_of(run)` of each run."""
-        return np.array([[record_of(r)["per_task"][t]["success"] for t in self.tasks]
+    def matrix(self, key: str, record_of) -> np.ndarray:
+        """(seeds, tasks) matrix of per_task[task][key] in the record `record_of(run)`."""
+        return np.array([[record_of(r)["per_task"][t][key] for t in self.tasks]
                          for r in self.runs], dtype=float)
 
-    def final_matrix(self) -> np.ndarray:
-        return self.matrix(lambda r: r.final)
+    def final_matrix(self, key: str) -> np.ndarray:
+        return self.matrix(key, lambda r: r.final)
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -184,7 +236,7 @@ def _run_dirs(paths: list[str]) -> tuple[list[Path], bool]:
     return found, first_is_grid
 
 
-def _read_records(path: Path) -> list[dict]:
+def _read_records(path: Path, key: str) -> list[dict]:
     eval_file = path / "eval.jsonl"
     if not eval_file.is_file():
         raise UsageError(f"report: run '{path}' has no eval.jsonl (not evaluated yet)")
@@ -198,20 +250,20 @@ def _read_records(path: Path) -> list[dict]:
             raise UsageError(f"report: '{eval_file}' line {n} is not valid JSON") from None
         per_task = record.get("per_task") if isinstance(record, dict) else None
         if not isinstance(per_task, dict) or not per_task or "step" not in record or not all(
-                isinstance(v, dict) and "success" in v for v in per_task.values()):
-            raise UsageError(f"report: '{eval_file}' line {n} lacks step or per_task success")
+                isinstance(v, dict) and key in v for v in per_task.values()):
+            raise UsageError(f"report: '{eval_file}' line {n} lacks step or per_task {key}")
         records.append(record)
     if not records:
         raise UsageError(f"report: run '{path}' has no evaluations (eval.jsonl is empty)")
     return records
 
 
-def _load_run(path: Path) -> Run:
+def _load_run(path: Path, key: str) -> Run:
     cfg = run_lib.load_config(path)
     fields = config_lib.flatten(cfg)
     fields.pop("seed")
     return Run(path=path, preset=cfg.preset, seed=cfg.seed, suite=cfg.env.suite, fields=fields,
-               records=tuple(_read_records(path)), complete=(path / "final.json").is_file())
+               records=tuple(_read_records(path, key)), complete=(path / "final.json").is_file())
 
 
 def group_methods(runs: list[Run]) -> list[Method]:
@@ -276,12 +328,8 @@ def load_references(suite: str, path: str | Path | None = None) -> list[dict]:
 # Tables
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "" if x is None else f"{100 * x:.{digits}f}"
-
-
-def _ci_text(ci) -> str:
-    return "n/a (1 seed)" if ci is None else f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+def _ci_text(ci, metric: Metric) -> str:
+    return "n/a (1 seed)" if ci is None else f"[{metric.text(ci[0])}, {metric.text(ci[1])}]"
 
 
 def _step_text(steps: list[int]) -> str:
@@ -289,8 +337,8 @@ def _step_text(steps: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def _summarise(method: Method, reps: int, seed: int) -> dict:
-    scores = method.final_matrix()
+def _summarise(method: Method, metric: Metric, reps: int, seed: int) -> dict:
+    scores = method.final_matrix(metric.key)
     row = {"method": method.label, "kind": "ours", "seeds": len(method.runs),
            "final_step": _step_text([r.final["step"] for r in method.runs]),
            "source": "this report", "note": ""}
@@ -320,51 +368,56 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _markdown(methods, summary, references, suite, reps, seed) -> str:
+def _markdown(methods, summary, references, suite, metric, reps, seed,
+              references_omitted: bool) -> str:
     ours = [r for r in summary if r["kind"] == "ours"]
+    reference_text = (" Reference rows are published numbers under their own protocols (see "
+                      "note), not re-run here." if metric.references else "")
     lines = [
         "# Results report", "",
         f"Suite **{suite}**, {len(methods[0].tasks)} tasks, {len(methods)} method(s), "
-        f"{sum(len(m.runs) for m in methods)} run(s). Success rates in %, at the final "
+        f"{sum(len(m.runs) for m in methods)} run(s). {metric.header}, at the final "
         "checkpoint of each run (its last eval.jsonl record), never a best-of-training.", "",
         "## Summary", "",
-        f"Table 1: success rate (%) at the final checkpoint. Mean = mean over tasks per seed, "
+        f"Table 1: {metric.label} at the final checkpoint. Mean = mean over tasks per seed, "
         f"then over seeds; IQM = interquartile mean over all (seed, task) scores; 95 % CIs by "
         f"stratified bootstrap over seeds within each task ({reps} replicates, RNG seed "
-        f"{seed}, percentile method). Reference rows are published numbers under their own "
-        "protocols (see note), not re-run here.", "",
+        f"{seed}, percentile method).{reference_text}", "",
         "| method | seeds | final step | mean | mean 95% CI | IQM | IQM 95% CI |",
         "|---|---:|---:|---:|---|---:|---|",
     ]
     for row in ours:
         lines.append(f"| {_md_escape(row['method'])} | {row['seeds']} | {row['final_step']} | "
-                     f"{_pct(row['mean'])} | {_ci_text(row['mean_ci'])} | {_pct(row['iqm'])} | "
-                     f"{_ci_text(row['iqm_ci'])} |")
+                     f"{metric.text(row['mean'])} | {_ci_text(row['mean_ci'], metric)} | "
+                     f"{metric.text(row['iqm'])} | {_ci_text(row['iqm_ci'], metric)} |")
     for row in references:
         cells = []
         for stat in STATISTICS:
             if row[stat] is None:
                 cells += ["-", ""]
             else:
-                cells += [_pct(row[stat]), row["spread"] + " (published)" if row["spread"] else ""]
+                cells += [metric.text(row[stat]),
+                          row["spread"] + " (published)" if row["spread"] else ""]
         lines.append(f"| {_md_escape(row['method'])} | {row['seeds'] or '-'} | - | "
                      + " | ".join(cells) + " |")
     if references:
         lines += ["", "Reference notes:"]
         lines += [f"- {_md_escape(r['method'])}: {r['note']}" for r in references]
+    if references_omitted:
+        lines += ["", f"Note: {NO_REFERENCES_NOTE}."]
     lines += [
-        "", "## Per-task success", "",
-        "Table 2: success rate (%) per task at the final checkpoint, mean over seeds "
+        "", f"## Per-task {metric.key}", "",
+        f"Table 2: {metric.label} per task at the final checkpoint, mean over seeds "
         "(n = number of seeds).", "",
         "| task | " + " | ".join(f"{_md_escape(m.label)} (n={len(m.runs)})" for m in methods)
         + " |",
         "|---|" + "---:|" * len(methods),
     ]
-    means = [m.final_matrix().mean(axis=0) for m in methods]
+    means = [m.final_matrix(metric.key).mean(axis=0) for m in methods]
     for j, task in enumerate(methods[0].tasks):
-        lines.append(f"| {task} | " + " | ".join(_pct(m[j]) for m in means) + " |")
-    lines.append("| **mean over tasks** | " + " | ".join(f"**{_pct(m.mean())}**" for m in means)
-                 + " |")
+        lines.append(f"| {task} | " + " | ".join(metric.text(m[j]) for m in means) + " |")
+    lines.append("| **mean over tasks** | "
+                 + " | ".join(f"**{metric.text(m.mean())}**" for m in means) + " |")
     lines += ["", "## Runs", ""]
     for m in methods:
         lines.append(f"- {_md_escape(m.label)}: seeds {', '.join(map(str, m.seeds))}")
@@ -374,9 +427,9 @@ def _markdown(methods, summary, references, suite, reps, seed) -> str:
     lines += ["", "## Figures", "",
               "Learning curves (IQM over seeds x tasks, 95 % stratified-bootstrap CI band):", "",
               "![learning curves](curves.png)", "",
-              "Per-task success at the final checkpoint (bars: mean over seeds; "
+              f"Per-task {metric.key} at the final checkpoint (bars: mean over seeds; "
               "error bars: min and max over seeds):", "",
-              "![per-task success](per_task.png)", ""]
+              f"![per-task {metric.key}](per_task.png)", ""]
     return "\n".join(lines)
 
 
@@ -388,33 +441,31 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.4f}"
-
-
-def _per_task_csv(methods) -> str:
+def _per_task_csv(methods, metric: Metric) -> str:
     rows = []
     for m in methods:
-        scores = m.final_matrix()
+        scores = m.final_matrix(metric.key)
         for j, task in enumerate(m.tasks):
             col = scores[:, j]
-            rows.append([task, m.label, len(m.runs), _num(col.mean()), _num(col.min()),
-                         _num(col.max())])
-    return _csv(["task", "method", "seeds", "mean_pct", "min_pct", "max_pct"], rows)
+            rows.append([task, m.label, len(m.runs), metric.csv_text(col.mean()),
+                         metric.csv_text(col.min()), metric.csv_text(col.max())])
+    unit = metric.csv_unit
+    return _csv(["task", "method", "seeds", f"mean_{unit}", f"min_{unit}", f"max_{unit}"], rows)
 
 
-def _summary_csv(summary) -> str:
+def _summary_csv(summary, metric: Metric) -> str:
     rows = []
     for r in summary:
         cells = [r["method"], r["kind"], r["seeds"], r["final_step"]]
         for stat in STATISTICS:
             ci = r[f"{stat}_ci"] or (None, None)
-            cells += [_num(r[stat]), _num(ci[0]), _num(ci[1])]
+            cells += [metric.csv_text(v) for v in (r[stat], *ci)]
         rows.append(cells + [r["source"], r["note"]])
-    header = ["method", "kind", "seeds", "final_step", "mean_pct", "mean_ci_low_pct",
-              "mean_ci_high_pct", "iqm_pct", "iqm_ci_low_pct", "iqm_ci_high_pct", "source",
-              "note"]
-    return _csv(header, rows)
+    header = ["method", "kind", "seeds", "final_step"]
+    for stat in STATISTICS:
+        header += [f"{stat}_{metric.csv_unit}", f"{stat}_ci_low_{metric.csv_unit}",
+                   f"{stat}_ci_high_{metric.csv_unit}"]
+    return _csv(header + ["source", "note"], rows)
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -440,37 +491,45 @@ def _latex_table(caption: str, label: str, align: str, header: list[str],
     return "\n".join(lines)
 
 
-def _per_task_tex(methods) -> str:
-    means = [m.final_matrix().mean(axis=0) for m in methods]
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _per_task_tex(methods, metric: Metric) -> str:
+    means = [m.final_matrix(metric.key).mean(axis=0) for m in methods]
     header = ["Task"] + [f"{latex_escape(m.label)} ($n={len(m.runs)}$)" for m in methods]
-    body = [[latex_escape(t)] + [_pct(m[j]) for m in means]
+    body = [[latex_escape(t)] + [metric.text(m[j]) for m in means]
             for j, t in enumerate(methods[0].tasks)]
-    total = [["Mean over tasks"] + [_pct(m.mean()) for m in means]]
-    caption = (r"Success rate (\%) per task at the final checkpoint, mean over seeds "
-               r"($n$ = number of seeds).")
+    total = [["Mean over tasks"] + [metric.text(m.mean()) for m in means]]
+    caption = (_capitalised(metric.latex_label) + " per task at the final checkpoint, mean "
+               r"over seeds ($n$ = number of seeds).")
     return _latex_table(caption, "tab:per_task", "l" + "r" * len(methods), header,
                         [body, total])
 
 
-def _summary_tex(summary, reps) -> str:
+def _summary_tex(summary, metric: Metric, reps) -> str:
     def cell(row, stat):
         if row[stat] is None:
             return "--"
         if row["kind"] == "reference":
             spread = row["spread"].replace("+-", "").strip()
-            return _pct(row[stat]) + (rf" $\pm$ {latex_escape(spread)}" if spread else "")
+            return metric.text(row[stat]) + (rf" $\pm$ {latex_escape(spread)}" if spread
+                                             else "")
         ci = row[f"{stat}_ci"]
-        return _pct(row[stat]) + ("" if ci is None else f" [{_pct(ci[0])}, {_pct(ci[1])}]")
+        return metric.text(row[stat]) + ("" if ci is None else
+                                         f" [{metric.text(ci[0])}, {metric.text(ci[1])}]")
 
     blocks = [[], []]
     for row in summary:
         blocks[row["kind"] == "reference"].append(
             [latex_escape(row["method"]), str(row["seeds"] or "--"), cell(row, "mean"),
              cell(row, "iqm")])
-    caption = (r"Success rate (\%) at the final checkpoint: mean over tasks and seeds, and "
-               r"IQM over (seed, task) scores, with 95\% stratified-bootstrap confidence "
-               rf"intervals ({reps} replicates). Reference rows: published numbers under "
-               r"their own protocols, not re-run here.")
+    caption = (_capitalised(metric.latex_label) + r" at the final checkpoint: mean over "
+               r"tasks and seeds, and IQM over (seed, task) scores, with 95\% "
+               rf"stratified-bootstrap confidence intervals ({reps} replicates).")
+    if metric.references:
+        caption += (r" Reference rows: published numbers under their own protocols, not "
+                    r"re-run here.")
     return _latex_table(caption, "tab:summary", "lrll", ["Method", "Seeds", "Mean", "IQM"],
                         blocks)
 
@@ -479,42 +538,47 @@ def _summary_tex(summary, reps) -> str:
 # Figures
 
 
-def _curve(method: Method, reps: int, seed: int):
+def _curve(method: Method, metric: Metric, reps: int, seed: int):
     """Steps evaluated by every seed, and the IQM with its CI at each."""
     by_run = [{rec["step"]: rec for rec in r.records} for r in method.runs]
     steps = sorted(set.intersection(*(set(b) for b in by_run)))
     values, lows, highs = [], [], []
     for step in steps:
-        scores = np.array([[b[step]["per_task"][t]["success"] for t in method.tasks]
+        scores = np.array([[b[step]["per_task"][t][metric.key] for t in method.tasks]
                            for b in by_run], dtype=float)
         values.append(iqm(scores))
         low, high = (stratified_bootstrap_ci(scores, "iqm", reps, seed=seed)
                      if len(by_run) > 1 else (values[-1], values[-1]))
         lows.append(low)
         highs.append(high)
-    return np.array(steps), 100 * np.array(values), 100 * np.array(lows), 100 * np.array(highs)
+    scale = metric.scale
+    return (np.array(steps), scale * np.array(values), scale * np.array(lows),
+            scale * np.array(highs))
 
 
-def _curves_png(methods, path: Path, reps: int, seed: int) -> None:
+def _curves_png(methods, metric: Metric, path: Path, reps: int, seed: int) -> None:
     from training.figures import plt, save
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for m in methods:
-        steps, value, low, high = _curve(m, reps, seed)
+        steps, value, low, high = _curve(m, metric, reps, seed)
         (line,) = ax.plot(steps, value, marker="." if len(steps) < 30 else None,
                           label=f"{m.label} (n={len(m.runs)})")
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps per task")
-    ax.set_ylabel("success rate (%), IQM")
-    ax.set_ylim(-2, 102)
-    ax.set_title("IQM of success over seeds x tasks, 95% stratified-bootstrap CI", fontsize=9)
+    ax.set_ylabel(f"{metric.label}, IQM")
+    if metric.limits is not None:
+        lo, hi = metric.limits
+        ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    ax.set_title(f"IQM of {metric.key} over seeds x tasks, 95% stratified-bootstrap CI",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, path)
 
 
-def _per_task_png(methods, path: Path) -> None:
+def _per_task_png(methods, metric: Metric, path: Path) -> None:
     """Grouped bars, one group per task; horizontal (tasks down the page) beyond 12 tasks."""
     from training.figures import plt, save
 
@@ -527,7 +591,7 @@ def _per_task_png(methods, path: Path) -> None:
                            else (max(6.5, 3 + span), 4.5))
     pos = np.arange(num_tasks)
     for i, m in enumerate(methods):
-        scores = 100 * m.final_matrix()
+        scores = metric.scale * m.final_matrix(metric.key)
         mean = scores.mean(axis=0)
         err = np.stack([mean - scores.min(axis=0), scores.max(axis=0) - mean])
         offset = pos + (i - (num_methods - 1) / 2) * width
@@ -536,18 +600,24 @@ def _per_task_png(methods, path: Path) -> None:
             ax.barh(offset, mean, width, xerr=err, capsize=1.5, label=label)
         else:
             ax.bar(offset, mean, width, yerr=err, capsize=2, label=label)
+    limits = None
+    if metric.limits is not None:
+        lo, hi = metric.limits
+        limits = (lo, hi + 0.05 * (hi - lo))
     if horizontal:
         ax.set_yticks(pos, tasks, fontsize=7)
         ax.set_ylim(num_tasks - 0.5, -0.5)
-        ax.set_xlabel("success rate (%)")
-        ax.set_xlim(0, 105)
+        ax.set_xlabel(metric.label)
+        if limits is not None:
+            ax.set_xlim(*limits)
         ax.grid(axis="x", alpha=0.3)
     else:
         ax.set_xticks(pos, tasks, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel("success rate (%)")
-        ax.set_ylim(0, 105)
+        ax.set_ylabel(metric.label)
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.grid(axis="y", alpha=0.3)
-    ax.set_title("success per task, final checkpoint\n(bars: mean over seeds; error bars: "
+    ax.set_title(f"{metric.key} per task, final checkpoint\n(bars: mean over seeds; error bars: "
                  "min/max over seeds)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -559,34 +629,37 @@ def _per_task_png(methods, path: Path) -> None:
 
 
 def report(paths: list[str], out: str | None = None, reps: int = DEFAULT_REPS,
-           seed: int = DEFAULT_SEED) -> str:
+           seed: int = DEFAULT_SEED, metric: str = "success") -> str:
     """Write tables and figures for the runs under `paths` to `out`; return the Markdown.
 
-    `out` defaults to `<first path>/report` when the first path is a grid folder, else
-    `./report`. Bad input is a one-line UsageError.
+    `metric` is a key of METRICS. `out` defaults to `<first path>/report` when the first path
+    is a grid folder, else `./report`. Bad input is a one-line UsageError.
     """
+    metric = get_metric(metric)
     dirs, first_is_grid = _run_dirs(list(paths))
-    runs = [_load_run(d) for d in dirs]
+    runs = [_load_run(d, metric.key) for d in dirs]
     methods = group_methods(runs)
     suite = runs[0].suite
-    references = [_reference_row(r) for r in load_references(suite)]
-    summary = [_summarise(m, reps, seed) for m in methods] + references
+    published = load_references(suite)
+    references = [_reference_row(r) for r in published] if metric.references else []
+    summary = [_summarise(m, metric, reps, seed) for m in methods] + references
 
     out_dir = Path(out) if out is not None else (
         Path(paths[0]) / "report" if first_is_grid else Path("report"))
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"report: --out '{out_dir}' exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = _markdown(methods, summary, references, suite, reps, seed)
+    markdown = _markdown(methods, summary, references, suite, metric, reps, seed,
+                         references_omitted=bool(published) and not metric.references)
     files = {
         "report.md": markdown,
-        "per_task.csv": _per_task_csv(methods),
-        "summary.csv": _summary_csv(summary),
-        "per_task.tex": _per_task_tex(methods),
-        "summary.tex": _summary_tex(summary, reps),
+        "per_task.csv": _per_task_csv(methods, metric),
+        "summary.csv": _summary_csv(summary, metric),
+        "per_task.tex": _per_task_tex(methods, metric),
+        "summary.tex": _summary_tex(summary, metric, reps),
     }
     for name, text in files.items():
         run_lib.write_atomic(out_dir / name, text)
-    _curves_png(methods, out_dir / "curves.png", reps, seed)
-    _per_task_png(methods, out_dir / "per_task.png")
+    _curves_png(methods, metric, out_dir / "curves.png", reps, seed)
+    _per_task_png(methods, metric, out_dir / "per_task.png")
     return markdown
