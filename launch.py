@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Train and evaluate multi-task agents on Meta-World.
+"""Train and evaluate multi-task agents on Meta-World (SAC) and MiniGrid (PPO).
 
     python launch.py                                  # the demo: small MOORE on MT10, a few minutes
     python launch.py train --preset mt10_moore --seed 0 [--section.field value ...]
     python launch.py train --resume runs/<run>        # continue an interrupted run exactly
+    python launch.py train --preset minigrid_mt3_moore --num-seeds 10   # 10 seeds in one call
     python launch.py eval --run runs/<run>            # re-evaluate a saved run
     python launch.py eval --agent scripted --suite mt10 --episodes 10 --seed 0
     python launch.py params --preset mt10_moore      # parameter counts per component
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     preset_lines = "\n".join(f"  {name:<18} {DESCRIPTIONS[name]}" for name in PRESETS)
     parser = _Parser(
         prog="launch.py",
-        description="Multi-task RL on Meta-World. With no command, runs the 'demo' preset.",
+        description="Multi-task RL on Meta-World and MiniGrid. With no command, runs the "
+                    "'demo' preset.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets:\n{preset_lines}\n\nRun `python launch.py train --help` for every option.",
     )
