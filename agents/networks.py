@@ -91,18 +91,23 @@ class MLP(nn.Module):
 
 class TaskHeads(nn.Module):
     """One head per task, applied to each sample with its own task's head: Linear(in -> out),
-    or with `hidden` sizes, Linear-Tanh stacks before it (MOORE's MiniGrid heads)."""
+    or with `hidden` sizes, Linear-Tanh stacks before it (MOORE's MiniGrid heads).
+
+    Kernels start Xavier-uniform (MOORE's SAC heads) or, with `torch_init`, as PyTorch's
+    nn.Linear default (MOORE's PPO networks set no init)."""
 
     num_tasks: int
     features: int
     hidden: Sequence[int] = ()
+    torch_init: bool = False
 
     @nn.compact
     def __call__(self, x, task_id):
         sizes = (*self.hidden, self.features)
         for i, size in enumerate(sizes):
             fan_in = x.shape[-1]
-            kernel = self.param(f"kernel{i}" if i else "kernel", _stacked_xavier,
+            kernel = self.param(f"kernel{i}" if i else "kernel",
+                                _stacked_torch if self.torch_init else _stacked_xavier,
                                 (self.num_tasks, fan_in, size))
             bias = self.param(f"bias{i}" if i else "bias", _torch_bias_init(fan_in),
                               (self.num_tasks, size))
@@ -152,6 +157,12 @@ def conv2x2(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
+def _stacked_torch(key, shape):
+    """PyTorch's nn.Linear default per task head: uniform in +-1/sqrt(fan_in)."""
+    init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", batch_axis=(0,))
+    return init(key, shape, jnp.float32)
+
+
 def _stacked_xavier(key, shape):
     """Xavier-uniform per task head, as MOORE initialises its heads."""
     num, fan_in, fan_out = shape
@@ -196,8 +207,9 @@ class OneHotMLP(nn.Module):
 
     @nn.compact
     def __call__(self, obs, task_id):
-        heads = TaskHeads(self.num_tasks, self.out_dim, self.hidden_sizes
-                          if self.encoder == "cnn" else ())
+        cnn = self.encoder == "cnn"
+        heads = TaskHeads(self.num_tasks, self.out_dim, self.hidden_sizes if cnn else (),
+                          torch_init=cnn)
         head_task, task_id = task_id, per_sample(task_id, obs)
         one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)
         if self.encoder == "cnn":
@@ -240,14 +252,18 @@ class MixtureOfExperts(nn.Module):
         if self.orthogonal:
             expert_out = gram_schmidt(expert_out)
         one_hot = jax.nn.one_hot(task_id, self.num_tasks, dtype=obs.dtype)
+        # MOORE's SAC networks initialise the task weights Xavier-uniform; its PPO networks
+        # keep PyTorch's default.
+        cnn = self.encoder == "cnn"
         weights = Linear(
             self.num_experts,
             use_bias=False,
-            kernel_init=nn.initializers.xavier_uniform(),
+            kernel_init=_torch_kernel_init if cnn else nn.initializers.xavier_uniform(),
             name="task_weights",
         )(one_hot)
         features = jnp.tanh(jnp.einsum("bk,bkh->bh", weights, expert_out))
-        return TaskHeads(self.num_tasks, self.out_dim, head_hidden)(features, head_task)
+        return TaskHeads(self.num_tasks, self.out_dim, head_hidden, torch_init=cnn)(
+            features, head_task)
 
 
 @dataclass(frozen=True)
