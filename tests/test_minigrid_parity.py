@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from envs.minigrid import ENVS, VARIANTS, make
-from envs.minigrid.core import EMPTY
+from envs.minigrid.core import EMPTY, Draws
 from envs.minigrid.parity_check import (
     check_multiroom_table,
     fuzz_engine,
@@ -100,8 +100,10 @@ def test_unbatched_jit_matches_batched():
     assert obs.dtype == jnp.uint8 and obs.shape == (4, 7, 7, 3)
 
 
-def test_step_autoreset():
-    env = ENVS["LavaGapS7"]
+# MultiRoom writes its resets into the old grid (`_reset_where`) instead of selecting.
+@pytest.mark.parametrize("name", ["LavaGapS7", "MultiRoom-N2-S4"])
+def test_step_autoreset(name):
+    env = ENVS[name]
     state, _ = env.reset(jax.random.key(0))
     state = state.replace(step_count=jnp.int32(env.max_steps - 40))
     step, auto, reset = jax.jit(env.step), jax.jit(env.step_autoreset), jax.jit(env.reset)
@@ -111,16 +113,20 @@ def test_step_autoreset():
         key, action = jax.random.key(t), int(rng.integers(7))
         expected = step(state, action)
         state, obs, reward, terminated, truncated, final_obs = auto(state, action, key)
-        assert np.array_equal(final_obs, expected[1])
         assert reward == expected[2] and terminated == expected[3] and truncated == expected[4]
+        assert np.array_equal(final_obs, expected[1])
         if terminated or truncated:
             ended += 1
             fresh, fresh_obs = reset(key)
-            assert int(state.step_count) == 0 and np.array_equal(state.grid, fresh.grid)
-            assert np.array_equal(obs, fresh_obs)
+            assert same_state(state, fresh) and np.array_equal(obs, fresh_obs)
         else:
-            assert np.array_equal(obs, expected[1]) and np.array_equal(state.grid, expected[0].grid)
+            assert same_state(state, expected[0]) and np.array_equal(obs, expected[1])
     assert ended >= 2
+
+
+def same_state(a, b) -> bool:
+    leaves = jax.tree_util.tree_leaves
+    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
 
 
 def test_carried_object_is_shown_at_the_agents_cell():
@@ -132,3 +138,20 @@ def test_carried_object_is_shown_at_the_agents_cell():
     assert tuple(np.asarray(env.observation(state))[3, 6]) == (EMPTY, 0, 0)
     state = state.replace(carrying=jnp.asarray([5, 4], jnp.uint8))  # a yellow key
     assert tuple(np.asarray(env.observation(state))[3, 6]) == (5, 4, 0)
+
+
+def test_layout_draws_are_exact_integer_arithmetic():
+    """`core.Draws.below` is floor(u span / 2**64) of the 64-bit u its two words make, and
+    `weighted` returns the number of bounds floor(2**64 cdf) at or below u (checked against
+    Python integers), so both are uniform / weighted up to 2**-64 per value."""
+    count, spans, weights = 64, [1, 2, 3, 7, 529, 65535], [5, 0, 3, 1 << 40, 7]
+    draws = Draws(jax.random.key(0), count * (len(spans) + 1))
+    words = np.asarray(draws._words, dtype=object)
+    got = [[int(draws.below(span)) for _ in range(count)] for span in spans]
+    picks = [int(draws.weighted(weights)) for _ in range(count)]
+    u = [int(hi) << 32 | int(lo) for hi, lo in words]
+    for s, span in enumerate(spans):
+        assert got[s] == [u[s * count + i] * span >> 64 for i in range(count)]
+    cdf = np.cumsum(weights, dtype=object)
+    bounds = [(int(c) << 64) // int(cdf[-1]) for c in cdf[:-1]]
+    assert picks == [sum(b <= u[len(spans) * count + i] for b in bounds) for i in range(count)]

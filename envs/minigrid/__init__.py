@@ -57,15 +57,17 @@ stand on the border, so observations and steps are unchanged.
 Observation: view cell (i, j), i = view column, j = view row (6 = the agent's row, agent at
 (3, 6) facing up), is world cell agent + f (6 - j) + r (i - 3), f the direction vector and
 r = (-f_y, f_x); outside the grid, a wall. Occlusion is minigrid's `Grid.process_vis` (its
-sequential passes along each row written in closed form, see `core.visibility`), except for
+sequential passes along each row as bit operations on 7-bit rows, see `core.occlude`), except for
 DistShift, which minigrid builds with see_through_walls=True. Invisible cells are 0; the
 agent's cell shows the carried object (or empty).
 
 Layouts: `reset(key)` draws with JAX keys what minigrid's `_gen_grid` draws with its RNG, from
 the same distribution: `_rand_int` ranges as minigrid's; `place_obj`/`place_agent` rejection
-sampling as a uniform draw over the cells it accepts; shuffles as uniform permutations;
-MultiRoom's recursive rejection sampler by its exact closed form (`multiroom`). The tests check
-that minigrid's own `_gen_grid`, fed the draws that explain one of our layouts, rebuilds it
+sampling as a uniform draw over the cells it accepts; shuffles as uniform permutations (or
+the uniform subsets and arrangements they amount to); MultiRoom's recursive rejection sampler
+by its exact closed form (`multiroom`). All draws of a layout come from one `jax.random.bits`
+call (`core.Draws`; uniform up to a relative bias below 2**-48). The tests check that
+minigrid's own `_gen_grid`, fed the draws that explain one of our layouts, rebuilds it
 exactly, and compare the layout statistics of both.
 
 Object semantics supported by the engine: walls, floor, doors (locked ones open with a key of

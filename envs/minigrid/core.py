@@ -71,6 +71,19 @@ def set_cell(grid: jax.Array, x, y, value) -> jax.Array:
     return grid.at[x, y].set(jnp.asarray(value, jnp.uint8))
 
 
+def put_patch(grid: jax.Array, x, y, patch, write=True) -> jax.Array:
+    """Write the (a, b, 3) cells `patch` at [x, x + a) x [y, y + b) (x, y may be traced),
+    where `write` holds (a traced bool, or True).
+
+    Layouts write their lines and rooms this way rather than as masks over the whole grid,
+    where XLA fuses the mask's computation (and the random draws it depends on) into every
+    cell: for MultiRoom's 25x25 grid that was several times slower (resets run every step).
+    """
+    patch = jnp.asarray(patch, jnp.uint8)
+    under = jax.lax.dynamic_slice(grid, (x, y, 0), patch.shape)
+    return jax.lax.dynamic_update_slice(grid, jnp.where(write, patch, under), (x, y, 0))
+
+
 def border(width: int, height: int) -> np.ndarray:
     """(W, H) bool mask of the outer ring (`Grid.wall_rect(0, 0, W, H)`)."""
     mask = np.zeros((width, height), bool)
@@ -89,17 +102,78 @@ def walled_grid(width: int, height: int) -> np.ndarray:
     return grid
 
 
-def sample_cell(key: jax.Array, mask: jax.Array) -> jax.Array:
-    """A cell drawn uniformly among those where `mask` (W, H) holds, as (x, y) int32.
+def _mul_hi(a: jax.Array, b: jax.Array) -> jax.Array:
+    """floor(a * b / 2**32) for uint32 a and b < 2**16, without 64-bit integers: with
+    a = a1 2**16 + a0, it is floor((a1 b + floor(a0 b / 2**16)) / 2**16), no term overflows."""
+    return ((a >> 16) * b + (((a & 0xFFFF) * b) >> 16)) >> 16
 
-    This is the distribution of minigrid's `place_obj`/`place_agent` rejection sampling: it
-    draws uniformly in a rectangle and retries on rejected cells, so it ends uniform over the
-    accepted ones.
+
+class Draws:
+    """Uniform random integers for one layout, all from a single `jax.random.bits` call.
+
+    A layout needs a handful of small uniform draws; one PRNG call for all of them is several
+    times cheaper than splitting the key per draw (and than `jax.random.randint`, which costs
+    two PRNG calls and integer divisions per draw), and resets run on every step.
+
+    `below(span)` is floor(u span / 2**64) for a uniform 64-bit u (two 32-bit words): uniform
+    over [0, span) up to a relative bias below span / 2**64 (< 1e-15 here), the same precision
+    as `jax.random.randint`. Spans (and ranges) must be below 2**16; they may be traced.
     """
-    width, height = mask.shape
-    logits = jnp.where(mask.reshape(-1), 0.0, -jnp.inf)
-    flat = jax.random.categorical(key, logits)
-    return jnp.stack([flat // height, flat % height]).astype(jnp.int32)
+
+    def __init__(self, key: jax.Array, count: int):
+        self._words = jax.random.bits(key, (count, 2), jnp.uint32)
+        self._next = 0
+
+    def _take(self) -> tuple[jax.Array, jax.Array]:
+        """The next two unused 32-bit words."""
+        if self._next == self._words.shape[0]:
+            raise ValueError("Draws: all draws used; create it with a larger count")
+        self._next += 1
+        return self._words[self._next - 1, 0], self._words[self._next - 1, 1]
+
+    def below(self, span) -> jax.Array:
+        """An int32 uniform in [0, span)."""
+        hi, lo = self._take()
+        span = jnp.asarray(span).astype(jnp.uint32)
+        # floor((hi 2**32 + lo) span / 2**64) = floor(hi span / 2**32) + the carry out of
+        # (hi span mod 2**32) + floor(lo span / 2**32).
+        low = hi * span  # wraps: hi span mod 2**32
+        carry = (low + _mul_hi(lo, span)) < low
+        return (_mul_hi(hi, span) + carry.astype(jnp.uint32)).astype(jnp.int32)
+
+    def randint(self, low, high) -> jax.Array:
+        """An int32 uniform in [low, high) (minigrid's `_rand_int(low, high)`)."""
+        return jnp.asarray(low, jnp.int32) + self.below(jnp.asarray(high) - low)
+
+    def weighted(self, weights) -> jax.Array:
+        """An int32 index i drawn with probability weights[i] / sum(weights), for static
+        non-negative integer `weights`: the number of cumulative bounds floor(2**64 cdf) at
+        or below a uniform 64-bit u, so each probability is exact up to 2**-64."""
+        weights = [int(w) for w in weights]
+        total = sum(weights)
+        bounds = [(sum(weights[: i + 1]) << 64) // total for i in range(len(weights) - 1)]
+        bound_hi = jnp.asarray(np.array([b >> 32 for b in bounds], np.uint32))
+        bound_lo = jnp.asarray(np.array([b & 0xFFFFFFFF for b in bounds], np.uint32))
+        hi, lo = self._take()
+        below = (hi < bound_hi) | ((hi == bound_hi) & (lo < bound_lo))
+        return jnp.sum(~below, dtype=jnp.int32)
+
+    def cell_in(self, x0, y0, width, height: int, skip=None) -> jax.Array:
+        """A cell (x, y) int32 uniform over the rectangle [x0, x0 + width) x [y0, y0 + height)
+        (`x0`, `y0`, `width` may be traced), or over it less the cell `skip` (which must lie in it).
+
+        This is the distribution of minigrid's `place_obj`/`place_agent` over a region whose
+        free cells form such a rectangle: they draw uniformly in a rectangle and retry on
+        rejected cells, so they end uniform over the accepted ones.
+        """
+        count = width * height
+        if skip is None:
+            flat = self.below(count)
+        else:
+            skipped = (skip[0] - x0) * height + (skip[1] - y0)
+            flat = self.below(count - 1)
+            flat = flat + (flat >= skipped)  # the flat indices other than `skipped`, in order
+        return jnp.stack([x0 + flat // height, y0 + flat % height]).astype(jnp.int32)
 
 
 def make_state(grid, agent_pos, agent_dir, max_steps: int, aux=None) -> State:
@@ -146,50 +220,58 @@ def see_behind(cells: jax.Array) -> jax.Array:
     return ~((kind == WALL) | ((kind == DOOR) & (state != OPEN)))
 
 
-def visibility(cells: jax.Array) -> jax.Array:
-    """`Grid.process_vis` on the rotated view, agent at (3, 6): the (7, 7) visible mask.
+def occlude(cells: jax.Array) -> jax.Array:
+    """`Grid.process_vis` on the rotated view (agent at (3, 6)): `cells` with the cells it
+    hides set to 0 (unseen).
 
     minigrid walks the rows from the agent's (j = 6) to the farthest (j = 0). In row j it runs
     a left-to-right pass (i = 0..5: if (i, j) is visible and see-through, make (i+1, j),
     (i, j-1) and (i+1, j-1) visible), then a right-to-left pass (i = 6..1: the same towards
-    i-1). The passes are sequential along the row; in closed form, after the left pass cell i
-    is visible iff some visible k <= i has only see-through cells in [k, i), and after the
-    right pass iff some k >= i visible after the left pass has only see-through cells in
-    (i, k]. What a row adds to the row ahead does not feed back into the row, so it is
-    computed after both passes, from the visibility each pass saw.
+    i-1). What a row adds to the row ahead does not feed back into the row, so it is computed
+    after both passes, from the visibility each pass saw.
+
+    Each row's visibility is a 7-bit integer (bit i = view column i), so the passes are a few
+    integer shifts, ands and ors: the left pass is `v |= (v & clear) << 1` repeated (each
+    repetition carries visibility one more cell to the right through see-through cells; 6
+    reach the row's end), the right pass the same with `>>`. The same recurrence as minigrid's
+    loops, so exact, and far cheaper than boolean (7, 7) matrices per row.
+
+    The rows are a `lax.scan` (a loop) that also writes the occluded image rows: unrolled, XLA
+    fuses the recurrence into every consumer of the visible mask and recomputes it for each of
+    the 147 image bytes, and it would also recompute the view's gather (and, in
+    `step_autoreset`, the fresh layout) in each consumer of the cells; as the loop's input the
+    cells are built once.
     """
-    clear = see_behind(cells)
     n = VIEW
-    idx = jnp.arange(n)
-    not_after = idx[:, None] <= idx[None, :]  # [k, i]: k <= i
-    not_before = idx[:, None] >= idx[None, :]  # [k, i]: k >= i
-    none = jnp.zeros(1, bool)
-    ahead = jnp.zeros(n, bool).at[n // 2].set(True)
-    rows = [None] * n
-    for j in range(n - 1, -1, -1):
-        c = clear[:, j]
-        # blocked[t] = number of cells one cannot see behind among c[0:t]
-        blocked = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(~c, dtype=jnp.int32)])
-        run_left = blocked[None, :n] == blocked[:n, None]  # [k, i]: c[k:i] all clear (k <= i)
-        run_right = blocked[1:, None] == blocked[None, 1:]  # [k, i]: c[i+1:k+1] all clear
-        after_left = jnp.any(ahead[:, None] & not_after & run_left, axis=0)
-        row = jnp.any(after_left[:, None] & not_before & run_right, axis=0)
-        rows[j] = row
-        if j > 0:
-            # The left pass spreads from cell i < n-1 to i and i+1 ahead, the right pass from
-            # cell i > 0 to i-1 and i: both are "from entry k to k and k+1", k = 0..n-2.
-            spread = (after_left[:-1] & c[:-1]) | (row[1:] & c[1:])
-            ahead = jnp.concatenate([spread, none]) | jnp.concatenate([none, spread])
-    return jnp.stack(rows, axis=1)
+    full = (1 << n) - 1
+    column_bit = jnp.left_shift(1, jnp.arange(n, dtype=jnp.int32))  # (7,) [i]
+
+    def one_row(ahead, row_cells):  # row_cells: (7, 3) [i], row j
+        c = jnp.sum(jnp.where(see_behind(row_cells), column_bit, 0))  # see-through bits
+        left = ahead
+        for _ in range(n - 1):
+            left = left | ((left & c) << 1)
+        left = left & full
+        row = left
+        for _ in range(n - 1):
+            row = row | ((row & c) >> 1)
+        # The left pass spreads from a see-through visible cell i <= 5 to i and i+1 in the
+        # row ahead, the right pass from one i >= 1 to i-1 and i.
+        from_left = left & c & (full >> 1)
+        from_right = row & c & (full - 1)
+        ahead = from_left | (from_left << 1) | from_right | (from_right >> 1)
+        visible = (row & column_bit) != 0
+        return ahead, jnp.where(visible[:, None], row_cells, jnp.uint8(UNSEEN))
+
+    start = jnp.int32(1 << (n // 2))  # the agent's cell, (3, 6)
+    _, rows = jax.lax.scan(one_row, start, jnp.swapaxes(cells, 0, 1), reverse=True)
+    return jnp.swapaxes(rows, 0, 1)
 
 
 def observation(state: State, see_through_walls: bool = False) -> jax.Array:
     """The (7, 7, 3) uint8 image of `gen_obs()["image"]` (what `ImgObsWrapper` returns)."""
     cells = view_cells(state)
-    if see_through_walls:
-        image = cells
-    else:
-        image = jnp.where(visibility(cells)[..., None], cells, jnp.uint8(UNSEEN))
+    image = cells if see_through_walls else occlude(cells)
     # The agent's own cell shows what it carries (or empty): `gen_obs_grid`.
     held = jnp.concatenate([state.carrying, jnp.zeros(1, jnp.uint8)])
     return image.at[VIEW // 2, VIEW - 1].set(held)
@@ -288,11 +370,8 @@ class GridEnv:
         self, state: State, action
     ) -> tuple[State, jax.Array, jax.Array, jax.Array, jax.Array]:
         """(state, obs, reward, terminated, truncated), exactly as minigrid's `step`."""
-        action = self._pre_action(jnp.asarray(action, jnp.int32))
-        new, reward, terminated = core_step(state, action)
-        new, reward, terminated = self._rules(state, new, action, reward, terminated)
-        truncated = new.step_count >= new.max_steps
-        return new, self.observation(new), reward, terminated, truncated
+        state, reward, terminated, truncated = self._transition(state, action)
+        return state, self.observation(state), reward, terminated, truncated
 
     def observation(self, state: State) -> jax.Array:
         return observation(state, self.see_through_walls)
@@ -304,16 +383,32 @@ class GridEnv:
         ended (terminated or truncated), the returned state and observation are those of a
         fresh `reset(key)`, while reward and flags stay the ended step's and `final_obs` is the
         ended step's observation (before the reset; equal to `obs` elsewhere), for bootstrapping
-        V(final_obs) on truncation. Unused, `final_obs` costs nothing under jit (dead code).
+        V(final_obs) on truncation.
+
+        The observation is computed once, of the state returned, not once for the stepped
+        state and once for the fresh one. `final_obs` is a second observation: unused, XLA
+        drops it (dead code), so callers that ignore it do not pay for it.
         """
-        state, obs, reward, terminated, truncated = self.step(state, action)
-        fresh, fresh_obs = self.reset(key)
-        done = terminated | truncated
-        state = jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh, state)
-        return state, jnp.where(done, fresh_obs, obs), reward, terminated, truncated, obs
+        stepped, reward, terminated, truncated = self._transition(state, action)
+        state = self._reset_where(terminated | truncated, key, stepped)
+        obs = self.observation(state)
+        return state, obs, reward, terminated, truncated, self.observation(stepped)
+
+    def _transition(self, state: State, action) -> tuple[State, jax.Array, jax.Array, jax.Array]:
+        """`step` without the observation: (state, reward, terminated, truncated)."""
+        action = self._pre_action(jnp.asarray(action, jnp.int32))
+        new, reward, terminated = core_step(state, action)
+        new, reward, terminated = self._rules(state, new, action, reward, terminated)
+        return new, reward, terminated, new.step_count >= new.max_steps
 
     def _layout(self, key: jax.Array) -> State:
         raise NotImplementedError
+
+    def _reset_where(self, done: jax.Array, key: jax.Array, state: State) -> State:
+        """`state`, or where `done` a fresh `_layout(key)`. (Every env draws a layout on every
+        step: under vmap a branch would run both sides anyway.)"""
+        fresh = self._layout(key)
+        return jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh, state)
 
     def _pre_action(self, action: jax.Array) -> jax.Array:
         return action

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from envs.minigrid.core import (
     EMPTY_CELL,
     GOAL_CELL,
     LAVA_CELL,
     WALL_CELL,
+    Draws,
     SquareGridEnv,
     State,
-    coords,
-    fill,
     make_state,
+    put_patch,
     set_cell,
     walled_grid,
 )
@@ -47,38 +48,50 @@ class Crossing(SquareGridEnv):
 
     def _layout(self, key: jax.Array) -> State:
         n, count = self.size, self.num_crossings
-        k_rivers, k_path, k_open = jax.random.split(key, 3)
-        xs, ys = coords(n, n)
+        per_dir = len(range(2, n - 2, 2))
+        draws = Draws(key, 2 * per_dir + 2 * count)
         grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
 
-        # Candidates: vertical rivers (columns) x = 2, 4, .., then horizontal ones (rows).
-        per_dir = len(range(2, n - 2, 2))
-        chosen = jax.random.permutation(k_rivers, 2 * per_dir)[:count]
-        vertical = chosen < per_dir
-        position = 2 + 2 * jnp.where(vertical, chosen, chosen - per_dir)
-        far = n - 1  # padding: sorts last and is the final limit anyway
-        rivers_v = jnp.sort(jnp.where(vertical, position, far))
-        rivers_h = jnp.sort(jnp.where(vertical, far, position))
-        num_v = jnp.sum(vertical)
-
-        inner = (xs >= 1) & (xs <= n - 2) & (ys >= 1) & (ys <= n - 2)
-        on_v = jnp.any(xs[..., None] == jnp.where(vertical, position, -1), axis=-1)
-        on_h = jnp.any(ys[..., None] == jnp.where(vertical, -1, position), axis=-1)
-        grid = fill(grid, inner & (on_v | on_h), LAVA_CELL if self.lava else WALL_CELL)
+        # Rivers: minigrid keeps the first `count` of a shuffle of the candidates, vertical
+        # rivers (columns x = 2, 4, ..) then horizontal ones (rows): a uniform `count`-subset.
+        # Drawn here by selection sampling (each candidate in turn is kept with probability
+        # needed / remaining), which yields the kept rivers of each direction in increasing
+        # position, with no shuffle or sort. rivers_v / rivers_h: their positions, padded with
+        # `far` (the final limit anyway).
+        far = n - 1
+        slot = jnp.arange(count)
+        rivers_v = rivers_h = jnp.full(count, far, jnp.int32)
+        num_v = num_h = jnp.int32(0)
+        needed = jnp.int32(count)
+        for c in range(2 * per_dir):
+            keep = draws.below(2 * per_dir - c) < needed
+            needed = needed - keep
+            position = 2 + 2 * (c % per_dir)
+            if c < per_dir:
+                rivers_v = jnp.where(keep & (slot == num_v), position, rivers_v)
+                num_v = num_v + keep
+            else:
+                rivers_h = jnp.where(keep & (slot == num_h), position, rivers_h)
+                num_h = num_h + keep
+        # Each river is a full column / row of river cells inside the border.
+        column = np.broadcast_to(LAVA_CELL if self.lava else WALL_CELL, (1, n, 3)).copy()
+        column[0, [0, n - 1]] = WALL_CELL
+        for k in range(count):
+            grid = put_patch(grid, rivers_v[k], 0, column, k < num_v)
+            grid = put_patch(grid, 0, rivers_h[k], column.transpose(1, 0, 2), k < num_h)
 
         # The path: a uniform arrangement of num_v moves through vertical rivers ("h" in
-        # minigrid) and count - num_v through horizontal ones ("v").
-        crosses_vertical = jax.random.permutation(k_path, count) < num_v
+        # minigrid) and count - num_v through horizontal ones ("v"), drawn move by move (a
+        # move is "h" with probability: "h" moves left / moves left).
         limits_v = jnp.concatenate([jnp.zeros(1, jnp.int32), rivers_v, jnp.full(1, far)])
         limits_h = jnp.concatenate([jnp.zeros(1, jnp.int32), rivers_h, jnp.full(1, far)])
         room_i = room_j = jnp.int32(0)
         for k in range(count):
-            move_h = crosses_vertical[k]
-            k_key = jax.random.fold_in(k_open, k)
+            move_h = draws.below(count - k) < num_v - room_i
             lo = jnp.where(move_h, limits_h[room_j], limits_v[room_i]) + 1
             hi = jnp.where(move_h, limits_h[room_j + 1], limits_v[room_i + 1])
-            free = jax.random.randint(k_key, (), lo, hi)
+            free = draws.randint(lo, hi)
             x = jnp.where(move_h, limits_v[room_i + 1], free)
             y = jnp.where(move_h, free, limits_h[room_j + 1])
             grid = set_cell(grid, x, y, EMPTY_CELL)

@@ -9,19 +9,18 @@ import jax.numpy as jnp
 
 from envs.minigrid.core import (
     DOOR,
-    EMPTY,
     GOAL_CELL,
     KEY,
     LOCKED,
     WALL_CELL,
     YELLOW,
+    Draws,
     SquareGridEnv,
     State,
     cell,
     coords,
     fill,
     make_state,
-    sample_cell,
     set_cell,
     walled_grid,
 )
@@ -46,18 +45,18 @@ class DoorKey(SquareGridEnv):
 
     def _layout(self, key: jax.Array) -> State:
         n = self.size
-        k_split, k_agent, k_dir, k_door, k_key = jax.random.split(key, 5)
-        xs, ys = coords(n, n)
+        draws = Draws(key, 5)
+        xs, _ = coords(n, n)
         grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
-        split = jax.random.randint(k_split, (), 2, n - 2)
+        split = draws.randint(2, n - 2)
         grid = fill(grid, xs == split, WALL_CELL)
-        left = (xs < split) & (grid[..., 0] == EMPTY)
-        agent = sample_cell(k_agent, left)
-        agent_dir = jax.random.randint(k_dir, (), 0, 4)
-        door_y = jax.random.randint(k_door, (), 1, n - 2)
+        # The free cells left of the wall are the rectangle [1, split) x [1, n - 1) (the goal
+        # is right of it): the agent is uniform over it, the key over it less the agent.
+        agent = draws.cell_in(1, 1, split - 1, n - 2)
+        agent_dir = draws.below(4)
+        door_y = draws.randint(1, n - 2)
         grid = set_cell(grid, split, door_y, cell(DOOR, YELLOW, LOCKED))
-        not_agent = (xs != agent[0]) | (ys != agent[1])
-        key_pos = sample_cell(k_key, left & not_agent)
+        key_pos = draws.cell_in(1, 1, split - 1, n - 2, skip=agent)
         grid = set_cell(grid, key_pos[0], key_pos[1], cell(KEY, YELLOW))
         return make_state(grid, agent, agent_dir, self.max_steps)

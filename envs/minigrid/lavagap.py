@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from envs.minigrid.core import (
     GOAL_CELL,
     LAVA_CELL,
+    Draws,
     SquareGridEnv,
     State,
     coords,
@@ -38,9 +39,9 @@ class LavaGap(SquareGridEnv):
 
     def _layout(self, key: jax.Array) -> State:
         n = self.size
-        kx, ky = jax.random.split(key)
-        gap_x = jax.random.randint(kx, (), 2, n - 2)
-        gap_y = jax.random.randint(ky, (), 1, n - 1)
+        draws = Draws(key, 2)
+        gap_x = draws.randint(2, n - 2)
+        gap_y = draws.randint(1, n - 1)
         xs, ys = coords(n, n)
         grid = jnp.asarray(walled_grid(n, n))
         grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)

@@ -16,6 +16,7 @@ from envs.minigrid.core import (
     PICKUP,
     TOGGLE,
     WALL_CELL,
+    Draws,
     SquareGridEnv,
     State,
     border,
@@ -56,7 +57,7 @@ class Memory(SquareGridEnv):
     def _layout(self, key: jax.Array) -> State:
         n = self.size
         mid = n // 2
-        k_end, k_agent, k_start, k_other = jax.random.split(key, 4)
+        draws = Draws(key, 4)
         xs, ys = coords(n, n)
         upper, lower = mid - 2, mid + 2
         walls = border(n, n)
@@ -64,16 +65,16 @@ class Memory(SquareGridEnv):
         walls[4, upper + 1] = walls[4, lower - 1] = True
         grid = fill(jnp.asarray(empty_grid(n, n)), jnp.asarray(walls), WALL_CELL)
         if self.random_length:
-            end = jax.random.randint(k_end, (), 4, n - 2)
+            end = draws.randint(4, n - 2)
         else:
             end = jnp.int32(n - 3)
         hallway = (xs >= 5) & (xs < end) & ((ys == upper + 1) | (ys == lower - 1))
         vertical = ((xs == end) & (ys != mid)) | (xs == end + 2)
         grid = fill(grid, hallway | vertical, WALL_CELL)
-        agent = jnp.stack([jax.random.randint(k_agent, (), 1, end + 1), jnp.int32(mid)])
+        agent = jnp.stack([draws.randint(1, end + 1), jnp.int32(mid)])
         # minigrid: start object from [Key, Ball]; the pair from [[Ball, Key], [Key, Ball]].
-        start_is_key = jax.random.randint(k_start, (), 0, 2) == 0
-        top_is_key = jax.random.randint(k_other, (), 0, 2) == 1
+        start_is_key = draws.below(2) == 0
+        top_is_key = draws.below(2) == 1
         key_cell, ball_cell = cell(KEY, GREEN), cell(BALL, GREEN)
         grid = set_cell(grid, 1, mid - 1, jnp.where(start_is_key, key_cell, ball_cell))
         grid = set_cell(grid, end + 1, mid - 2, jnp.where(top_is_key, key_cell, ball_cell))

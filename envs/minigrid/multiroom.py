@@ -29,15 +29,16 @@ import numpy as np
 from envs.minigrid.core import (
     CLOSED,
     DOOR,
+    EMPTY_CELL,
     GOAL_CELL,
-    WALL_CELL,
+    WALL,
+    Draws,
     GridEnv,
     State,
-    coords,
     empty_grid,
-    fill,
     make_state,
-    set_cell,
+    put_patch,
+    walled_grid,
 )
 
 GRID = 25
@@ -87,6 +88,38 @@ def attachment_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 _WEIGHT, _DOOR, _CORNER, _FITS = attachment_table()
 
 
+def sampling_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tables to draw the first room's corner and the attachment with a few uniform draws.
+
+    A corner's weight depends only on f, its number of fitting outcomes (of 12): 1 - (1 -
+    f/12)^8, i.e. 12^8 - (12 - f)^8 in integers. So the corner is drawn as f (weight: that
+    times the number of corners with that f; f = 0 has weight 0 and is left out), then a
+    corner uniform among those with that f; the outcome is uniform among its fitting ones.
+    Returns the weight per class, the class sizes, the corners of each class (padded), and
+    per corner the number of fitting outcomes and the fitting outcomes in order (padded).
+    """
+    num_fits = _FITS.sum(axis=1)
+    classes = sorted(set(num_fits.tolist()) - {0})
+    members = [np.flatnonzero(num_fits == f) for f in classes]
+    class_weight = np.array(
+        [len(m) * (12**TRIES - (12 - f) ** TRIES) for f, m in zip(classes, members, strict=True)],
+        dtype=object,
+    )
+    class_size = np.array([len(m) for m in members], np.int32)
+    class_members = np.zeros((len(classes), class_size.max()), np.int32)
+    for c, m in enumerate(members):
+        class_members[c, : len(m)] = m
+    fitting = np.zeros(_FITS.shape, np.int32)
+    for k in range(len(_FITS)):
+        outcomes = np.flatnonzero(_FITS[k])
+        fitting[k, : len(outcomes)] = outcomes
+    return class_weight, class_size, class_members, num_fits.astype(np.int32), fitting
+
+
+_CLASS_WEIGHT, _CLASS_SIZE, _CLASS_MEMBERS, _NUM_FITS, _FITTING = sampling_tables()
+_ROOM_PATCH = walled_grid(ROOM, ROOM)  # a room: its walls around empty cells
+
+
 @dataclass(frozen=True)
 class MultiRoomN2S4(GridEnv):
     """Two 4x4 rooms joined by a closed door; the agent starts in the first, the goal is in
@@ -98,37 +131,46 @@ class MultiRoomN2S4(GridEnv):
     max_steps = 2 * 20
 
     def _layout(self, key: jax.Array) -> State:
-        k_room, k_try, k_color, k_agent, k_dir, k_goal = jax.random.split(key, 6)
+        return self._draw(key, jnp.asarray(empty_grid(GRID, GRID)), True)
+
+    def _reset_where(self, done: jax.Array, key: jax.Array, state: State) -> State:
+        # Selecting between a whole fresh 25x25 grid and the old one takes several passes over
+        # both (building, then selecting) on every step, most of the reset's cost. Instead the
+        # old grid is cleared where done, and the layout's few non-empty cells are written
+        # over it, each only where done.
+        grid = jnp.where(done, jnp.asarray(EMPTY_CELL), state.grid)
+        fresh = self._draw(key, grid, done)
+        return jax.tree_util.tree_map(
+            lambda new, old: jnp.where(done, new, old), fresh.replace(grid=state.grid), state
+        ).replace(grid=fresh.grid)
+
+    def _draw(self, key: jax.Array, grid: jax.Array, write) -> State:
+        """The layout drawn from `key`, its rooms, door and goal written into the empty `grid`
+        where `write` holds (elsewhere `grid` is returned unchanged)."""
+        draws = Draws(key, 7)
         span = GRID - 2
-        first = jax.random.categorical(k_room, jnp.log(jnp.asarray(_WEIGHT, jnp.float32)))
-        fits = jnp.asarray(_FITS)[first]
-        outcome = jax.random.categorical(k_try, jnp.where(fits, 0.0, -jnp.inf))
+        # The first room's corner with probability proportional to _WEIGHT (drawn through its
+        # class, see `sampling_tables`), then an outcome uniform among its fitting ones.
+        group = draws.weighted(_CLASS_WEIGHT)
+        first = jnp.asarray(_CLASS_MEMBERS)[group, draws.below(jnp.asarray(_CLASS_SIZE)[group])]
+        outcome = jnp.asarray(_FITTING)[first, draws.below(jnp.asarray(_NUM_FITS)[first])]
         door = jnp.asarray(_DOOR)[first, outcome]
         second = jnp.asarray(_CORNER)[first, outcome]
         corner1 = jnp.stack([first // span, first % span])
-        xs, ys = coords(GRID, GRID)
-
-        def rect(c):
-            return (xs >= c[0]) & (xs < c[0] + ROOM) & (ys >= c[1]) & (ys < c[1] + ROOM)
-
-        def ring(c):
-            inner = (xs > c[0]) & (xs < c[0] + ROOM - 1) & (ys > c[1]) & (ys < c[1] + ROOM - 1)
-            return rect(c) & ~inner
-
-        grid = jnp.asarray(empty_grid(GRID, GRID))
-        grid = fill(grid, ring(corner1) | ring(second), WALL_CELL)
-        color = jax.random.randint(k_color, (), 0, 6).astype(jnp.uint8)
-        grid = set_cell(grid, door[0], door[1], jnp.stack([jnp.uint8(DOOR), color,
-                                                           jnp.uint8(CLOSED)]))
+        # Each room's walls are one 4x4 patch at its corner. The rooms share the door's wall:
+        # the second patch keeps the first room's walls there (its inside never meets them).
+        room = jnp.asarray(_ROOM_PATCH)
+        grid = put_patch(grid, corner1[0], corner1[1], room, write)
+        under = jax.lax.dynamic_slice(grid, (second[0], second[1], 0), (ROOM, ROOM, 3))
+        second_room = jnp.where(under[..., :1] == WALL, under, room)
+        grid = put_patch(grid, second[0], second[1], second_room, write)
+        color = draws.below(6).astype(jnp.uint8)
+        door_cell = jnp.stack([jnp.uint8(DOOR), color, jnp.uint8(CLOSED)])
+        grid = put_patch(grid, door[0], door[1], door_cell[None, None], write)
         # minigrid's place_agent / place_obj over a room's rectangle accept exactly its four
         # inner cells (free, and the rooms' insides are disjoint): draw one of them directly.
-        def inner_cell(k, corner):
-            i = jax.random.randint(k, (), 0, (ROOM - 2) ** 2)
-            return corner + 1 + jnp.stack([i % (ROOM - 2), i // (ROOM - 2)])
-
-        agent = inner_cell(k_agent, corner1)
-        agent_dir = jax.random.randint(k_dir, (), 0, 4)
-        goal = inner_cell(k_goal, second)
-        grid = set_cell(grid, goal[0], goal[1], GOAL_CELL)
+        agent = draws.cell_in(corner1[0] + 1, corner1[1] + 1, ROOM - 2, ROOM - 2)
+        agent_dir = draws.below(4)
+        goal = draws.cell_in(second[0] + 1, second[1] + 1, ROOM - 2, ROOM - 2)
+        grid = put_patch(grid, goal[0], goal[1], jnp.asarray(GOAL_CELL)[None, None], write)
         return make_state(grid, agent, agent_dir, self.max_steps)
-

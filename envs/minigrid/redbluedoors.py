@@ -12,17 +12,15 @@ from envs.minigrid.core import (
     BLUE,
     CLOSED,
     DOOR,
-    EMPTY,
     OPEN,
     RED,
     WALL_CELL,
+    Draws,
     GridEnv,
     State,
     border,
     cell,
-    coords,
     make_state,
-    sample_cell,
     set_cell,
     success_reward,
     walled_grid,
@@ -60,19 +58,19 @@ class RedBlueDoors(GridEnv):
 
     def _layout(self, key: jax.Array) -> State:
         s, w = self.size, self.width
-        k_agent, k_dir, k_red, k_blue = jax.random.split(key, 4)
+        draws = Draws(key, 4)
         grid = walled_grid(w, s)
         room = np.zeros((w, s), bool)
         room[s // 2 : s // 2 + s] = border(s, s)
         grid[room] = WALL_CELL
         grid = jnp.asarray(grid)
-        xs, _ = coords(w, s)
-        in_room = (xs >= s // 2) & (xs < s // 2 + s) & (grid[..., 0] == EMPTY)
-        agent = sample_cell(k_agent, in_room)
-        agent_dir = jax.random.randint(k_dir, (), 0, 4)
+        # The room's free cells are its inside, the rectangle [s//2 + 1, s//2 + s - 1) x
+        # [1, s - 1).
+        agent = draws.cell_in(s // 2 + 1, 1, s - 2, s - 2)
+        agent_dir = draws.below(4)
         red_x, blue_x = s // 2, s // 2 + s - 1
-        red_y = jax.random.randint(k_red, (), 1, s - 1)
-        blue_y = jax.random.randint(k_blue, (), 1, s - 1)
+        red_y = draws.randint(1, s - 1)
+        blue_y = draws.randint(1, s - 1)
         grid = set_cell(grid, red_x, red_y, cell(DOOR, RED, CLOSED))
         grid = set_cell(grid, blue_x, blue_y, cell(DOOR, BLUE, CLOSED))
         aux = jnp.stack([red_x, red_y, blue_x, blue_y])
