@@ -86,36 +86,17 @@ def reference_vector(gym_id: str, steps: int, seed: int = 0):
 
 
 def ours(env, num_envs: int, steps: int, seed: int = 0):
-    """A zero-argument function running one jitted scan of `steps` steps of `num_envs` envs
-    (compiled on creation)."""
+    """A zero-argument function running one jitted scan of `steps` steps of `num_envs` of our
+    envs with `step_autoreset` (compiled on creation)."""
     step = jax.vmap(env.step_autoreset)
 
-    def rollout(state, key, checksum):
-        def body(carry, _):
-            state, key, checksum = carry
-            key, k_action, k_reset = jax.random.split(key, 3)
-            actions = jax.random.randint(k_action, (num_envs,), 0, NUM_ACTIONS)
-            state, obs, reward, terminated, truncated, _ = step(
-                state, actions, jax.random.split(k_reset, num_envs))
-            checksum = (checksum + obs.sum(dtype=jnp.int32) + reward.sum()
-                        + terminated.sum() + truncated.sum())
-            return (state, key, checksum), None
+    def step_batch(state, actions, key):
+        state, obs, reward, terminated, truncated, _ = step(
+            state, actions, jax.random.split(key, num_envs))
+        return state, obs, reward + terminated + truncated
 
-        carry, _ = jax.lax.scan(body, (state, key, checksum), None, length=steps)
-        return carry
-
-    rollout = jax.jit(rollout, donate_argnums=0)
-    key, k_init = jax.random.split(jax.random.PRNGKey(seed))
-    state, _ = jax.vmap(env.reset)(jax.random.split(k_init, num_envs))
-    holder = {"carry": (state, key, jnp.float32(0))}
-
-    def run():
-        holder["carry"] = rollout(*holder["carry"])
-        jax.block_until_ready(holder["carry"])
-
-    run()  # compile
-    run()  # again, in case the carry's (weak) types out of the first call differ from reset's
-    return run
+    return _jax_rollout(lambda keys: jax.vmap(env.reset)(keys)[0], step_batch, NUM_ACTIONS,
+                        num_envs, steps, seed)
 
 
 # Our env -> (package, its closest env id). navix: the Random DoorKey (minigrid's DoorKey also
@@ -143,14 +124,16 @@ PORTS_NOTE = (
 
 def _jax_rollout(reset_batch, step_batch, num_actions: int, num_envs: int, steps: int,
                  seed: int = 0):
-    """As `ours`, for a port: reset_batch(keys) -> state; step_batch(state, actions) ->
-    (state, obs, reward). One jitted scan, compiled on creation."""
+    """One jitted scan (compiled on creation) of `steps` steps of `num_envs` envs with uniformly
+    random actions, every observation and reward summed into a checksum so that none of the
+    work is dead code: reset_batch(keys) -> state; step_batch(state, actions, key) ->
+    (state, obs, reward), `key` for the envs' own resets (the ports reset without one)."""
     def rollout(state, key, checksum):
         def body(carry, _):
             state, key, checksum = carry
-            key, k_action = jax.random.split(key)
+            key, k_action, k_step = jax.random.split(key, 3)
             actions = jax.random.randint(k_action, (num_envs,), 0, num_actions)
-            state, obs, reward = step_batch(state, actions)
+            state, obs, reward = step_batch(state, actions, k_step)
             checksum = checksum + obs.sum(dtype=jnp.int32) + reward.sum()
             return (state, key, checksum), None
 
@@ -179,7 +162,7 @@ def navix_run(env_id: str, max_steps: int, num_envs: int, steps: int):
                      observation_fn=observations.symbolic_first_person)
     step = jax.vmap(env.step)
 
-    def step_batch(timestep, actions):
+    def step_batch(timestep, actions, _key):
         timestep = step(timestep, actions)
         return timestep, timestep.observation, timestep.reward
 
@@ -194,7 +177,7 @@ def xminigrid_run(env_id: str, num_envs: int, steps: int):
     env = GymAutoResetWrapper(env)
     step = jax.vmap(env.step, in_axes=(None, 0, 0))
 
-    def step_batch(timestep, actions):
+    def step_batch(timestep, actions, _key):
         timestep = step(params, timestep, actions)
         return timestep, timestep.observation, timestep.reward
 
