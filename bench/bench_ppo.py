@@ -47,6 +47,7 @@ def gym_run(cfg):
     trainer = PPOTrainer([cfg], [run], show_progress=False)
     trainer.updates_per_chunk = 1
     trainer._fresh()
+    trainer._start_gym()
     trainer._gym_chunk()  # compile
     return trainer._gym_chunk
 

@@ -373,6 +373,5 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     result = evaluate(act, env, episodes or cfg.eval.episodes)
     record = {"step": meta["env_steps"], "suite": cfg.env.suite, "deterministic": deterministic,
               **result}
-    with open(run / "reeval.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    run_lib.append_eval(run, record, "reeval.jsonl")
     return record

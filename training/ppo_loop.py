@@ -20,7 +20,6 @@ to an uninterrupted run. The on-device backend resumes exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -51,13 +50,14 @@ def eval_key(seed: int, step: int):
     return jax.random.fold_in(seed_keys(seed)[1], step)
 
 
-def evaluation_record(cfg: Config, names, step: int, updates: int, returns, successes) -> dict:
+def evaluation_record(suite: str, deterministic: bool, names, step: int, updates: int, returns,
+                      successes) -> dict:
     """eval.jsonl's record (the Meta-World loop's format) from (T, episodes) arrays."""
     returns, successes = np.asarray(returns, np.float64), np.asarray(successes, bool)
     per_task = {name: {"success": float(successes[t].mean()), "return": float(returns[t].mean()),
                        "episodes": int(returns.shape[1])} for t, name in enumerate(names)}
-    return {"step": step, "suite": cfg.env.suite, "updates": updates,
-            "deterministic": cfg.eval.deterministic, "mean_success": float(successes.mean()),
+    return {"step": step, "suite": suite, "updates": updates,
+            "deterministic": deterministic, "mean_success": float(successes.mean()),
             "mean_return": float(returns.mean()), "per_task": per_task}
 
 
@@ -75,7 +75,7 @@ class PPOTrainer:
         seeds = [c.seed for c in cfgs]
         if len(set(seeds)) != len(seeds):
             raise UsageError(f"runs trained together need distinct seeds, got {seeds}")
-        self.cfg, self.cfgs, self.runs, self.seeds = cfgs[0], cfgs, runs, seeds
+        self.cfg, self.runs, self.seeds = cfgs[0], runs, seeds
         self.show_progress = show_progress
         self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
         self.ppo = make_ppo(self.cfg.ppo, self.cfg.network, self.names)
@@ -143,7 +143,10 @@ class PPOTrainer:
         bar = tqdm(total=t.total_steps_per_task, initial=self.step, unit="step",
                    desc=f"{self.cfg.preset} x{len(self.runs)} seeds",
                    disable=not self.show_progress, dynamic_ncols=True)
-        backend = self._gym_chunk if self.cfg.env.backend == "gym" else self._device_chunk
+        gym = self.cfg.env.backend == "gym"
+        if gym:
+            self._start_gym()
+        backend = self._gym_chunk if gym else self._device_chunk
         try:
             if not resume:
                 last = self._evaluate_all(writers)
@@ -166,6 +169,8 @@ class PPOTrainer:
             bar.close()
             for w in writers:
                 w.close()
+            if gym:
+                self._gym.close()
         return last
 
     def _device_chunk(self) -> dict:
@@ -208,8 +213,8 @@ class PPOTrainer:
         updates = self.step // self.cfg.ppo.steps_per_task
         records = []
         for i, (run, w) in enumerate(zip(self.runs, writers, strict=True)):
-            record = evaluation_record(self.cfgs[i], self.names, self.step, updates,
-                                       returns[i], successes[i])
+            record = evaluation_record(self.cfg.env.suite, self.cfg.eval.deterministic,
+                                       self.names, self.step, updates, returns[i], successes[i])
             run_lib.append_eval(run, record)
             w.add_scalar("eval/mean_success", record["mean_success"], self.step)
             w.add_scalar("eval/mean_return", record["mean_return"], self.step)
@@ -222,24 +227,24 @@ class PPOTrainer:
 
     # ---- the reference backend (minigrid on the host) ----------------------------------------
 
-    def _gym_envs(self):
-        if getattr(self, "_gym", None) is None:
-            p = self.cfg.ppo
-            # Seeded by the run's seed and the step the envs start at (a resume starts anew).
-            self._gym = GymMultiTask(self.names, p.envs_per_task,
-                                     seed=self.seeds[0] * 1_000_003 + self.step)
-            self._gym_obs = self._gym.reset()
-            self._gym_key = jax.random.fold_in(seed_keys(self.seeds[0])[0], self.step + 1)
-        return self._gym
+    def _start_gym(self) -> None:
+        """The host envs of the gym backend, seeded by the run's seed and the step they start
+        at (a resumed run starts them anew), and their running episode returns."""
+        p = self.cfg.ppo
+        self._gym = GymMultiTask(self.names, p.envs_per_task,
+                                 seed=self.seeds[0] * 1_000_003 + self.step)
+        self._gym_obs = self._gym.reset()
+        self._gym_return = np.zeros(self._gym_obs.shape[:2])
+        self._gym_key = jax.random.fold_in(seed_keys(self.seeds[0])[0], self.step + 1)
 
     def _gym_chunk(self) -> dict:
-        env = self._gym_envs()
+        env = self._gym
         length = self.cfg.ppo.steps_per_task // self.cfg.ppo.envs_per_task
         learner = self._slice(0).learner
         all_metrics = []
         for _ in range(self.updates_per_chunk):
             data = {k: [] for k in Rollout._fields}
-            ep_return = getattr(self, "_gym_return", np.zeros(self._gym_obs.shape[:2]))
+            ep_return = self._gym_return
             finished = np.zeros((3, len(self.names)))
             for _ in range(length):
                 self._gym_key, k_act = jax.random.split(self._gym_key)
@@ -307,9 +312,7 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     else:
         returns, successes = jax.jit(functools.partial(
             ppo.evaluate, episodes=episodes, deterministic=deterministic))(params, key)
-    record = evaluation_record(dataclasses.replace(
-        cfg, eval=dataclasses.replace(cfg.eval, deterministic=deterministic)), names,
-        meta["env_steps"], meta["updates"], returns, successes)
-    with open(run / "reeval.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    record = evaluation_record(cfg.env.suite, deterministic, names, meta["env_steps"],
+                               meta["updates"], returns, successes)
+    run_lib.append_eval(run, record, "reeval.jsonl")
     return record

@@ -88,8 +88,9 @@ def load_config(run: Path) -> config_lib.Config:
         raise UsageError(f"unreadable config '{path}': {e}") from None
 
 
-def append_eval(run: Path, record: dict) -> None:
-    with open(run / "eval.jsonl", "a") as f:
+def append_eval(run: Path, record: dict, filename: str = "eval.jsonl") -> None:
+    """Append one evaluation record (eval.jsonl; re-evaluations go to reeval.jsonl)."""
+    with open(run / filename, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

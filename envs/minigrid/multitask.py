@@ -94,10 +94,12 @@ class MultiTaskGrid:
         out = [jax.vmap(env.step_autoreset)(s, a, k)
                for env, s, a, k in zip(self.envs, states, actions, keys, strict=True)]
         new_states = tuple(o[0] for o in out)
-        obs, reward, terminated, truncated, final_obs = (
-            jnp.stack([o[i].reshape(self.envs_per_task, -1).squeeze(-1) if i in (2, 3, 4)
-                       else o[i].reshape(self.envs_per_task, OBS_DIM) for o in out])
-            for i in (1, 2, 3, 4, 5))
+
+        def stacked(i: int, *shape: int):
+            return jnp.stack([o[i].reshape(self.envs_per_task, *shape) for o in out])
+
+        obs, final_obs = stacked(1, OBS_DIM), stacked(5, OBS_DIM)
+        reward, terminated, truncated = stacked(2), stacked(3), stacked(4)
         return new_states, obs, reward, terminated, truncated, final_obs
 
 
