@@ -8,6 +8,8 @@
     python launch.py eval --run runs/<run>            # re-evaluate a saved run
     python launch.py eval --agent scripted --suite mt10 --episodes 10 --seed 0
     python launch.py params --preset mt10_moore      # parameter counts per component
+    python launch.py collect --suite mt10 --tier expert --episodes 100 --out data/mt10-expert
+    python launch.py train --preset mt10_promptdt --dt.dataset data/mt10-expert   # offline
     python launch.py grid experiments/<spec>.toml --backend local|slurm
     python launch.py status experiments/<spec>.toml  # what is done, partial, new
     python launch.py report runs/<grid> [--out DIR] [--metric success|return]  # tables, figures
@@ -107,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default="success",
                         help="per-task score to report: success (default; success rate in %%) "
                              "or return (mean undiscounted episode return)")
+
+    collect = commands.add_parser(
+        "collect", help="write a multi-task offline dataset (Minari per task + arrays)",
+        description="Collect a multi-task offline dataset: Meta-World's scripted experts "
+                    "with a noise tier (source scripted). Format: training/offline_data.py.")
+    collect.add_argument("--source", default="scripted", help="scripted (default)")
+    collect.add_argument("--suite", default="mt10", help="mt10 | mt50 | custom")
+    collect.add_argument("--tasks", default="", help="comma-separated tasks for --suite custom")
+    collect.add_argument("--tier", default="expert", help="expert | medium | mixed")
+    collect.add_argument("--episodes", type=int, default=100, help="episodes per task")
+    collect.add_argument("--seed", type=int, default=0,
+                         help="env seed (the benchmark's goal set) and noise seed")
+    collect.add_argument("--reward-version", default="v2", help="v1 | v2")
+    collect.add_argument("--max-episode-steps", type=int, default=500)
+    collect.add_argument("--out", help="dataset directory to create")
+    collect.add_argument("--rebuild-arrays", metavar="DIR",
+                         help="regenerate DIR/arrays from its Minari storages instead")
+    collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = commands.add_parser("eval", help="evaluate a saved run or a scripted agent")
     ev.add_argument("--run", metavar="DIR", help="run directory to re-evaluate")
@@ -239,10 +259,33 @@ def cmd_train(args) -> int:
     results = train_runs(cfgs, runs, resume=bool(args.resume),
                          show_progress=not args.no_progress)
     for run, cfg, result in zip(runs, cfgs, results, strict=True):
-        _print_result(result, f"{run.name}: {cfg.env.suite} after {result['step']} steps per "
-                              "task")
+        done = (f"{result['step']} updates" if cfg.algo == "dt"
+                else f"{result['step']} steps per task")
+        _print_result(result, f"{run.name}: {cfg.env.suite} after {done}")
     print(f"\nrun files: {', '.join(map(str, runs))} (config.json, eval.jsonl, tb/, "
           "checkpoints/, final.json)")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from training.collect import SOURCES, collect_scripted, format_summary
+    from training.offline_data import load_dataset, rebuild_arrays
+
+    if args.rebuild_arrays:
+        rebuild_arrays(args.rebuild_arrays)
+        print(f"rebuilt {Path(args.rebuild_arrays) / 'arrays'}")
+        return 0
+    if args.source not in SOURCES:
+        raise UsageError(f"unknown source '{args.source}'; valid: {', '.join(SOURCES)}")
+    if not args.out:
+        raise UsageError("collect needs --out DIR (the dataset directory to create)")
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    path = collect_scripted(args.out, args.suite, tasks, args.tier, args.episodes, args.seed,
+                            args.reward_version, args.max_episode_steps,
+                            show_progress=not args.no_progress)
+    meta = load_dataset(path).meta
+    print(f"\n{path}: {meta['total_episodes']} episodes, {meta['total_steps']} steps, "
+          f"{meta['collect_seconds']} s\n{format_summary(meta)}")
     return 0
 
 
@@ -270,6 +313,8 @@ def cmd_eval(args) -> int:
     cfg = run_lib.load_config(run)
     if cfg.algo == "ppo":
         from training.ppo_loop import reevaluate
+    elif cfg.algo == "dt":
+        from training.dt_loop import reevaluate
     else:
         from training.loop import reevaluate
     deterministic = cfg.eval.deterministic
@@ -297,6 +342,7 @@ def main(argv: list[str]) -> int:
             parser.print_help()
             return 0
         commands = {"train": cmd_train, "eval": cmd_eval, "params": cmd_params,
+                    "collect": cmd_collect,
                     "grid": cmd_grid, "status": cmd_status, "report": cmd_report}
         return commands[args.command](args)
     except UsageError as e:

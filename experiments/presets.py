@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from agents.dt.networks import DTConfig
 from agents.networks import NetworkConfig
 from agents.ppo.train import PPOConfig
 from agents.sac.train import SACConfig
@@ -110,6 +111,32 @@ for _size, _k in ((3, 2), (5, 3), (7, 4)):
     PRESETS[f"minigrid_mt{_size}_moe"] = _minigrid(_size, "moe", _k)
     PRESETS[f"minigrid_mt{_size}_mtppo"] = _minigrid(_size, "mtmlp", 1)
 
+
+
+def _offline(suite: str, variant: str) -> Config:
+    """The offline table's protocol (HarmoDT): every variant on HarmoDT's backbone (K 20,
+    6 layers, 8 heads, d 256) so that they differ only in how the task is given; DT's
+    optimiser; batches of 16 windows per task; 500-step episodes, 50 deterministic evaluation
+    episodes per task. The data tier is the dataset: --dt.dataset DIR (launch.py collect)."""
+    return Config(
+        algo="dt",
+        env=EnvConfig(suite=suite),
+        dt=DTConfig(variant=variant, context_len=20, embed_dim=256, num_layers=6, num_heads=8),
+        train=TrainConfig(eval_every=10_000, checkpoint_every=10_000),
+        eval=EvalConfig(episodes=50, deterministic=True),
+    )
+
+
+OFFLINE_VARIANTS = {
+    "mtbc": "MTBC: the DT network without returns (behaviour cloning)",
+    "mtdt": "MTDT: decision transformer with a task one-hot",
+    "promptdt": "Prompt-DT: decision transformer with a 5-step trajectory prompt",
+    "harmodt": "HarmoDT: Prompt-DT with per-task weight masks (prune-and-regrow)",
+}
+for _suite in ("mt10", "mt50"):
+    for _variant in OFFLINE_VARIANTS:
+        PRESETS[f"{_suite}_{_variant}"] = _offline(_suite, _variant)
+
 DESCRIPTIONS = {
     "demo": "small MOORE on MT10, a few minutes on a laptop CPU (the default run)",
     "mt10_mtsac": "MTSAC: shared 3x400 MLP with one-hot input, MT10",
@@ -144,6 +171,11 @@ for _size, _k in ((3, 2), (5, 3), (7, 4)):
                                    f"MiniGrid MT{_size}",
         f"minigrid_mt{_size}_mtppo": f"MTPPO: one CNN + task one-hot, MiniGrid MT{_size}",
     })
+
+for _suite in ("mt10", "mt50"):
+    for _variant, _text in OFFLINE_VARIANTS.items():
+        DESCRIPTIONS[f"{_suite}_{_variant}"] = (f"{_text}, offline {_suite.upper()} "
+                                                "(--dt.dataset DIR)")
 
 
 def get_preset(name: str, seed: int = 0) -> Config:

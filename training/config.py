@@ -7,6 +7,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from agents.dt.networks import DTConfig
 from agents.networks import NetworkConfig
 from agents.ppo.train import PPOConfig
 from agents.sac.train import SACConfig
@@ -31,8 +32,10 @@ class TrainConfig:
     chunk_steps: int = 50  # env steps collected, then as many gradient steps, per learner call
     async_actor: bool = False  # overlap env stepping with the learner (policy lag: one chunk)
     devices: int = 0  # local devices the learner's batch is split over; 0: all of them
-    eval_every: int = 100_000  # env steps per task (at the next episode boundary)
-    checkpoint_every: int = 100_000  # env steps per task (at the next episode boundary)
+    # Both count env steps per task (taken at the next episode boundary); for algo dt, which
+    # trains offline, they count gradient updates (dt.updates in all).
+    eval_every: int = 100_000
+    checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
 
 
@@ -42,7 +45,7 @@ class EvalConfig:
     deterministic: bool = True  # mean action; MOORE's code samples (False)
 
 
-ALGORITHMS = ("sac", "ppo")
+ALGORITHMS = ("sac", "ppo", "dt")
 MINIGRID_BACKENDS = ("jax", "gym")
 
 
@@ -50,16 +53,19 @@ MINIGRID_BACKENDS = ("jax", "gym")
 class Config:
     preset: str = "custom"
     seed: int = 0
-    algo: str = "sac"  # sac (Meta-World, training/loop.py) | ppo (MiniGrid, training/ppo_loop.py)
+    # sac (Meta-World, training/loop.py) | ppo (MiniGrid, training/ppo_loop.py) |
+    # dt (offline, from a dataset: the decision-transformer family, training/dt_loop.py)
+    algo: str = "sac"
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dt: DTConfig = field(default_factory=DTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-SECTIONS = ("env", "network", "sac", "ppo", "train", "eval")
+SECTIONS = ("env", "network", "sac", "ppo", "dt", "train", "eval")
 TOP_LEVEL = {"seed": int, "algo": str}  # overridable fields outside the sections
 
 
@@ -185,9 +191,12 @@ def validate(cfg: Config) -> None:
     if cfg.algo not in ALGORITHMS:
         raise UsageError(f"unknown algo '{cfg.algo}'; valid: {', '.join(ALGORITHMS)}")
     wanted = "ppo" if is_minigrid(cfg.env.suite) else "sac"
+    if cfg.algo == "dt" and not is_minigrid(cfg.env.suite):
+        wanted = "dt"
     if cfg.algo != wanted:
         raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
-                         f"MiniGrid suites use ppo, Meta-World suites use sac")
+                         "MiniGrid suites use ppo, Meta-World suites use sac (online) or dt "
+                         "(offline)")
     t = cfg.train
     positive = {
         "train.total_steps_per_task": t.total_steps_per_task,
@@ -203,6 +212,9 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
     if t.devices < 0:  # the upper bound needs JAX's backend: training/sharding.py checks it
         raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
+    if cfg.algo == "dt":
+        _validate_dt(cfg)
+        return
     if cfg.algo == "ppo":
         _validate_ppo(cfg)
     else:
@@ -211,6 +223,37 @@ def validate(cfg: Config) -> None:
     from agents.networks import make_network
 
     make_network(cfg.network, 1, 1)
+
+
+def _validate_dt(cfg: Config) -> None:
+    from agents.dt.networks import make_dt
+    from envs.metaworld import check_env_args
+
+    d = cfg.dt
+    check_env_args(cfg.env.suite, cfg.env.tasks, cfg.env.reward_version,
+                   cfg.env.max_episode_steps)
+    make_dt(d, 1, 1, 1)
+    if not d.dataset:
+        raise UsageError("algo dt trains from a dataset: pass --dt.dataset DIR (make one with "
+                         "`python launch.py collect`)")
+    for name in ("batch_per_task", "updates", "prompt_episodes", "mask_update_every"):
+        if getattr(d, name) <= 0:
+            raise UsageError(f"--dt.{name} must be positive, got {getattr(d, name)}")
+    for name in ("warmup_steps", "mask_update_max"):
+        if getattr(d, name) < 0:
+            raise UsageError(f"--dt.{name} must be >= 0, got {getattr(d, name)}")
+    for name in ("learning_rate", "rtg_scale", "target_return_scale"):
+        value = getattr(d, name)
+        if not value > 0 or value == float("inf"):
+            raise UsageError(f"--dt.{name} must be a positive number, got {value}")
+    if d.weight_decay < 0 or d.grad_clip < 0:
+        raise UsageError(f"--dt.weight_decay and --dt.grad_clip must be >= 0, got "
+                         f"{d.weight_decay}, {d.grad_clip}")
+    if d.action_kind != "continuous":
+        raise UsageError(f"--dt.action_kind {d.action_kind}: Meta-World actions are continuous")
+    if d.max_timestep < cfg.env.max_episode_steps:
+        raise UsageError(f"--dt.max_timestep ({d.max_timestep}) must cover an episode "
+                         f"(--env.max_episode_steps {cfg.env.max_episode_steps})")
 
 
 def _validate_ppo(cfg: Config) -> None:

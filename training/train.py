@@ -1,4 +1,5 @@
-"""Train runs with their algorithm's loop (SAC: training/loop.py, PPO: training/ppo_loop.py)."""
+"""Train runs with their algorithm's loop (SAC: training/loop.py, PPO: training/ppo_loop.py,
+DT: training/dt_loop.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
     one config) train together only with PPO on the device."""
     check_seed_batch(cfgs)
+    if cfgs[0].algo == "dt":
+        from training.dt_loop import DTTrainer
+
+        (cfg,), (run,) = cfgs, runs
+        return [DTTrainer(cfg, run, show_progress=show_progress).train(resume=resume)]
     if cfgs[0].algo == "ppo":
         from training.ppo_loop import PPOTrainer
 

@@ -77,6 +77,23 @@ class DTConfig:
     max_timestep: int = 1000  # Meta-World episodes are 500 steps
     prompt_length: int = 5
     mask_density: float = 0.8
+    # Training (agents/dt/train.py, training/dt_loop.py): DT's optimiser and batches.
+    dataset: str = ""  # directory written by `launch.py collect` (required to train)
+    batch_per_task: int = 16  # context windows of every task in each batch (Prompt-DT: 16)
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10_000  # linear learning-rate warm-up from 0
+    grad_clip: float = 0.25  # global norm
+    updates: int = 100_000  # gradient steps; train.eval_every / checkpoint_every count these
+    rtg_scale: float = 1e-3  # returns-to-go are fed as return * rtg_scale (DT: 1/1000)
+    # Evaluation conditions each task on target_return_scale x its best return in the data.
+    target_return_scale: float = 1.0
+    prompt_episodes: int = 1  # prompts come from each task's best episodes in the data
+    # HarmoDT's prune-and-regrow: every mask_update_every updates each task drops and regrows
+    # k weights per kernel, k following 0 -> mask_update_max -> 0 (cosine), scores with gamma.
+    mask_update_every: int = 1000
+    mask_update_max: int = 100
+    mask_update_gamma: float = 10.0
 
 
 HARMODT = DTConfig(variant="harmodt", context_len=20, embed_dim=256, num_layers=6, num_heads=8)
