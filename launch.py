@@ -203,16 +203,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_params(args) -> int:
+    import dataclasses
+
     from experiments.presets import get_preset
     from training import config as config_lib
     from training.param_count import count_parameters, format_counts
 
     cfg = config_lib.apply_overrides(get_preset(args.preset), _overrides(args))
+    if cfg.algo == "dt" and not cfg.dt.dataset:  # sizes do not depend on the data
+        cfg = dataclasses.replace(cfg, dt=dataclasses.replace(cfg.dt, dataset="-"))
     config_lib.validate(cfg)
     counts = count_parameters(cfg)
-    n = cfg.network
-    title = (f"{args.preset}: {n.arch}, hidden {','.join(map(str, n.hidden_sizes))}, "
-             f"{cfg.env.suite} ({counts['num_tasks']} tasks)")
+    n, d = cfg.network, cfg.dt
+    shape = (f"{d.variant}, d {d.embed_dim}, {d.num_layers} layers, {d.num_heads} heads"
+             if cfg.algo == "dt" else
+             f"{n.arch}, hidden {','.join(map(str, n.hidden_sizes))}")
+    title = f"{args.preset}: {shape}, {cfg.env.suite} ({counts['num_tasks']} tasks)"
     print(format_counts(counts, title))
     return 0
 

@@ -40,7 +40,10 @@ def _network_root(params: dict) -> dict:
 
 
 def count_parameters(cfg: Config) -> dict:
-    """{'actor': {component: n, ...}, 'critic': {...}, 'masks': {...}, 'num_tasks': T}."""
+    """{'actor': {component: n, ...}, 'critic': {...}, 'masks': {...}, 'num_tasks': T}
+    (algo dt: one network, 'model')."""
+    if cfg.algo == "dt":
+        return _count_dt(cfg)
     if cfg.algo == "ppo":
         from agents.ppo.train import make_ppo
         from envs.minigrid.multitask import task_names
@@ -63,11 +66,25 @@ def count_parameters(cfg: Config) -> dict:
     return out
 
 
+def _count_dt(cfg: Config) -> dict:
+    """Decision transformers (Meta-World sizes): embeddings, each block, the head."""
+    from agents.dt.train import make_dt_learner
+
+    num_tasks = len(suite_tasks(cfg.env.suite, cfg.env.tasks))
+    state = jax.eval_shape(make_dt_learner(cfg.dt, OBS_DIM, ACTION_DIM, num_tasks).init,
+                           jax.random.PRNGKey(0))
+    out = {"num_tasks": num_tasks, "networks": ("model",), "masks": {},
+           "model": {k: _size(v) for k, v in state.params.items()}}
+    if state.masks:
+        out["masks"]["model"] = _size(state.masks)
+    return out
+
+
 def format_counts(counts: dict, title: str) -> str:
     lines = [title, f"{'network':<8} {'component':<28} {'parameters':>12}"]
     total = 0
-    for net in ("actor", "critic"):
-        label = net if net == "actor" else counts.get("critic_label", "critic (2 twins)")
+    for net in counts.get("networks", ("actor", "critic")):
+        label = net if net != "critic" else counts.get("critic_label", "critic (2 twins)")
         for component, n in counts[net].items():
             lines.append(f"{net:<8} {component:<28} {n:>12,}")
         subtotal = sum(counts[net].values())
