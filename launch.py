@@ -112,12 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser(
         "collect", help="write a multi-task offline dataset (Minari per task + arrays)",
-        description="Collect a multi-task offline dataset: Meta-World's scripted experts "
-                    "with a noise tier (source scripted). Format: training/offline_data.py.")
-    collect.add_argument("--source", default="scripted", help="scripted (default)")
-    collect.add_argument("--suite", default="mt10", help="mt10 | mt50 | custom")
-    collect.add_argument("--tasks", default="", help="comma-separated tasks for --suite custom")
+        description="Collect a multi-task offline dataset. Sources: scripted (Meta-World's "
+                    "scripted experts with a noise tier), replay (the replay buffer of a SAC "
+                    "run: --run DIR, --half all|first), minigrid (a shortest-path planner on "
+                    "minigrid with a noise tier). Format: training/offline_data.py.")
+    collect.add_argument("--source", default="scripted",
+                         help="scripted (default) | replay | minigrid")
+    collect.add_argument("--suite", default="mt10", help="scripted: mt10 | mt50 | custom; "
+                         "minigrid: minigrid_mt3 | minigrid_mt5 | minigrid_mt7 | minigrid_custom")
+    collect.add_argument("--tasks", default="", help="comma-separated tasks for a custom suite")
     collect.add_argument("--tier", default="expert", help="expert | medium | mixed")
+    collect.add_argument("--run", metavar="DIR", help="replay: the SAC run directory")
+    collect.add_argument("--half", default="all",
+                         help="replay: all (near-optimal: the whole replay) | first "
+                              "(sub-optimal: its first half)")
+    collect.add_argument("--checkpoint", type=int, metavar="STEP",
+                         help="replay: checkpoint step to export (default: the latest)")
     collect.add_argument("--episodes", type=int, default=100, help="episodes per task")
     collect.add_argument("--seed", type=int, default=0,
                          help="env seed (the benchmark's goal set) and noise seed")
@@ -286,12 +296,26 @@ def cmd_collect(args) -> int:
     if not args.out:
         raise UsageError("collect needs --out DIR (the dataset directory to create)")
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    path = collect_scripted(args.out, args.suite, tasks, args.tier, args.episodes, args.seed,
-                            args.reward_version, args.max_episode_steps,
-                            show_progress=not args.no_progress)
+    progress = not args.no_progress
+    if args.source == "replay":
+        from training.collect_replay import collect_replay
+
+        if not args.run:
+            raise UsageError("--source replay needs --run DIR (a SAC run directory)")
+        path = collect_replay(args.out, args.run, args.half, args.checkpoint, progress)
+    elif args.source == "minigrid":
+        from training.collect_minigrid import collect_minigrid
+
+        path = collect_minigrid(args.out, args.suite, args.tier, args.episodes, args.seed,
+                                tasks, progress)
+    else:
+        path = collect_scripted(args.out, args.suite, tasks, args.tier, args.episodes,
+                                args.seed, args.reward_version, args.max_episode_steps,
+                                show_progress=progress)
     meta = load_dataset(path).meta
-    print(f"\n{path}: {meta['total_episodes']} episodes, {meta['total_steps']} steps, "
-          f"{meta['collect_seconds']} s\n{format_summary(meta)}")
+    seconds = f", {meta['collect_seconds']} s" if "collect_seconds" in meta else ""
+    print(f"\n{path}: {meta['total_episodes']} episodes, {meta['total_steps']} steps"
+          f"{seconds}\n{format_summary(meta)}")
     return 0
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from training.errors import UsageError
 from training.offline_data import Episode, write_dataset
 
-SOURCES = ("scripted",)
+# replay: training/collect_replay.py; minigrid: training/collect_minigrid.py
+SOURCES = ("scripted", "replay", "minigrid")
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,11 @@ def format_summary(meta: dict) -> str:
     """Per-task table of a dataset's statistics (printed after collecting)."""
     rows = meta["per_task"]
     width = max(len(t) for t in rows) + 2
+    digits = 3 if meta.get("env") == "minigrid" else 1  # MiniGrid returns lie in [0, 1]
     lines = [f"{'task':<{width}}{'episodes':>9}{'success':>9}{'return':>10}{'min':>9}{'max':>9}"]
     for task, s in rows.items():
         success = "-" if s["success"] is None else f"{s['success']:.2f}"
-        lines.append(f"{task:<{width}}{s['episodes']:>9}{success:>9}{s['return_mean']:>10.1f}"
-                     f"{s['return_min']:>9.1f}{s['return_max']:>9.1f}")
+        lines.append(f"{task:<{width}}{s['episodes']:>9}{success:>9}"
+                     f"{s['return_mean']:>10.{digits}f}{s['return_min']:>9.{digits}f}"
+                     f"{s['return_max']:>9.{digits}f}")
     return "\n".join(lines)

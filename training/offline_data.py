@@ -103,7 +103,8 @@ def write_dataset(path: str | Path, meta: dict, episodes: list[Episode]) -> Path
     for t, eps in enumerate(by_task):
         dataset_id = f"mtrl/{meta['suite']}-{meta['source'].get('tier', 'data')}/{tasks[t]}-v0"
         _write_minari(partial / "minari" / tasks[t], eps, dataset_id,
-                      str(meta["source"].get("policy", "")), requirements)
+                      str(meta["source"].get("policy", "")), requirements,
+                      meta.get("action_dim"))
     ordered = [e for eps in by_task for e in eps]
     arrays = _flatten(ordered, len(tasks))
     counts = np.bincount(arrays["episodes"][:, 0], minlength=len(tasks))
@@ -128,7 +129,7 @@ def write_dataset(path: str | Path, meta: dict, episodes: list[Episode]) -> Path
 
 
 def _write_minari(directory: Path, episodes: list[Episode], dataset_id: str, algorithm: str,
-                  requirements: list[str]) -> None:
+                  requirements: list[str], action_dim: int | None) -> None:
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -139,7 +140,9 @@ def _write_minari(directory: Path, episodes: list[Episode], dataset_id: str, alg
     obs_dim = first.observations.shape[1]
     obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
     if first.actions.ndim == 1:
-        action_space = gym.spaces.Discrete(int(max(e.actions.max() for e in episodes)) + 1)
+        # The env's action count (meta action_dim), not the largest action the data holds.
+        action_space = gym.spaces.Discrete(action_dim or int(max(e.actions.max()
+                                                                 for e in episodes)) + 1)
     else:
         action_space = gym.spaces.Box(-1.0, 1.0, (first.actions.shape[1],), np.float32)
     storage = MinariStorage.new(directory, observation_space=obs_space,
