@@ -137,6 +137,35 @@ for _suite in ("mt10", "mt50"):
     for _variant in OFFLINE_VARIANTS:
         PRESETS[f"{_suite}_{_variant}"] = _offline(_suite, _variant)
 
+
+def _offline_minigrid(size: int, variant: str) -> Config:
+    """The offline protocol on MiniGrid (Multi-Game DT is the template for discrete actions):
+    actions are embedded by index and trained with cross-entropy, evaluated by argmax. DT's
+    own size (K 20, d 128, 3 layers, 1 head: the 7x7x3 views and 7 actions are far smaller
+    than Meta-World's HarmoDT backbone needs), the same for every variant; DT's optimiser;
+    batches of 16 windows per task. Returns are in [0, 1], so returns-to-go are not scaled
+    (rtg_scale 1); the timestep table covers the suite's longest max_steps. 16 deterministic
+    evaluation episodes per task (the MiniGrid PPO protocol's count), on the device.
+    The data: --dt.dataset DIR (launch.py collect --source minigrid)."""
+    from envs.minigrid import make
+    from envs.minigrid.multitask import SUITES
+
+    suite = f"minigrid_mt{size}"
+    return Config(
+        algo="dt",
+        env=EnvConfig(suite=suite),
+        dt=DTConfig(variant=variant, action_kind="discrete", context_len=20, embed_dim=128,
+                    num_layers=3, num_heads=1, rtg_scale=1.0,
+                    max_timestep=max(make(name).max_steps for name in SUITES[suite])),
+        train=TrainConfig(eval_every=10_000, checkpoint_every=10_000),
+        eval=EvalConfig(episodes=16, deterministic=True),
+    )
+
+
+for _size in (3, 5, 7):
+    for _variant in OFFLINE_VARIANTS:
+        PRESETS[f"minigrid_mt{_size}_{_variant}"] = _offline_minigrid(_size, _variant)
+
 DESCRIPTIONS = {
     "demo": "small MOORE on MT10, a few minutes on a laptop CPU (the default run)",
     "mt10_mtsac": "MTSAC: shared 3x400 MLP with one-hot input, MT10",
@@ -176,6 +205,10 @@ for _suite in ("mt10", "mt50"):
     for _variant, _text in OFFLINE_VARIANTS.items():
         DESCRIPTIONS[f"{_suite}_{_variant}"] = (f"{_text}, offline {_suite.upper()} "
                                                 "(--dt.dataset DIR)")
+for _size in (3, 5, 7):
+    for _variant, _text in OFFLINE_VARIANTS.items():
+        DESCRIPTIONS[f"minigrid_mt{_size}_{_variant}"] = (
+            f"{_text}, offline MiniGrid MT{_size}, discrete actions (--dt.dataset DIR)")
 
 
 def get_preset(name: str, seed: int = 0) -> Config:

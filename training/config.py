@@ -23,7 +23,8 @@ class EnvConfig:
     reward_version: str = "v2"  # Meta-World only
     max_episode_steps: int = 500  # Meta-World only (150 in the MOORE paper's protocol);
     # MiniGrid envs keep their own max_steps
-    backend: str = "jax"  # MiniGrid only: jax (our envs, on the device) | gym (minigrid itself)
+    backend: str = "jax"  # MiniGrid only: jax (our envs, on the device) | gym (minigrid itself);
+    # ppo trains and evaluates there, dt evaluates there
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,12 @@ def validate(cfg: Config) -> None:
     if cfg.algo not in ALGORITHMS:
         raise UsageError(f"unknown algo '{cfg.algo}'; valid: {', '.join(ALGORITHMS)}")
     wanted = "ppo" if is_minigrid(cfg.env.suite) else "sac"
-    if cfg.algo == "dt" and not is_minigrid(cfg.env.suite):
+    if cfg.algo == "dt":  # offline, on either family
         wanted = "dt"
     if cfg.algo != wanted:
         raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
-                         "MiniGrid suites use ppo, Meta-World suites use sac (online) or dt "
-                         "(offline)")
+                         "MiniGrid suites use ppo (online) or dt (offline), Meta-World suites "
+                         "use sac (online) or dt (offline)")
     t = cfg.train
     positive = {
         "train.total_steps_per_task": t.total_steps_per_task,
@@ -227,11 +228,27 @@ def validate(cfg: Config) -> None:
 
 def _validate_dt(cfg: Config) -> None:
     from agents.dt.networks import make_dt
-    from envs.metaworld import check_env_args
+    from envs.minigrid.multitask import is_minigrid
 
-    d = cfg.dt
-    check_env_args(cfg.env.suite, cfg.env.tasks, cfg.env.reward_version,
-                   cfg.env.max_episode_steps)
+    d, e = cfg.dt, cfg.env
+    minigrid = is_minigrid(e.suite)
+    if minigrid:
+        from envs.minigrid import make
+        from envs.minigrid.multitask import task_names
+
+        lengths = {name: make(name).max_steps for name in task_names(e.suite, e.tasks)}
+        longest = max(lengths, key=lengths.get)
+        horizon = lengths[longest]
+        horizon_text = f"{longest}'s max_steps {horizon}, the suite's longest episode"
+        if e.backend not in MINIGRID_BACKENDS:
+            raise UsageError(f"unknown env.backend '{e.backend}'; valid: "
+                             f"{', '.join(MINIGRID_BACKENDS)}")
+    else:
+        from envs.metaworld import check_env_args
+
+        check_env_args(e.suite, e.tasks, e.reward_version, e.max_episode_steps)
+        horizon = e.max_episode_steps
+        horizon_text = f"--env.max_episode_steps {horizon}"
     make_dt(d, 1, 1, 1)
     if not d.dataset:
         raise UsageError("algo dt trains from a dataset: pass --dt.dataset DIR (make one with "
@@ -249,11 +266,13 @@ def _validate_dt(cfg: Config) -> None:
     if d.weight_decay < 0 or d.grad_clip < 0:
         raise UsageError(f"--dt.weight_decay and --dt.grad_clip must be >= 0, got "
                          f"{d.weight_decay}, {d.grad_clip}")
-    if d.action_kind != "continuous":
-        raise UsageError(f"--dt.action_kind {d.action_kind}: Meta-World actions are continuous")
-    if d.max_timestep < cfg.env.max_episode_steps:
+    family, kind = ("MiniGrid", "discrete") if minigrid else ("Meta-World", "continuous")
+    if d.action_kind != kind:
+        raise UsageError(f"--dt.action_kind {d.action_kind}: {family} actions are {kind} "
+                         f"(--dt.action_kind {kind})")
+    if d.max_timestep < horizon:
         raise UsageError(f"--dt.max_timestep ({d.max_timestep}) must cover an episode "
-                         f"(--env.max_episode_steps {cfg.env.max_episode_steps})")
+                         f"({horizon_text})")
 
 
 def _validate_ppo(cfg: Config) -> None:

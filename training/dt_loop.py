@@ -1,25 +1,34 @@
 """The offline loop: a decision transformer trained from a dataset, evaluated online.
 
-The dataset (training/offline_data.py) is checked (tasks, Meta-World and MuJoCo versions,
-reward version, episode length) and copied to the device once. Training runs in chunks of
-`agents/dt/train.py`'s `train_updates` (a `lax.scan` of updates, each sampling its batch on
-the device); between chunks the Python loop logs to tensorboardX, evaluates and
+The dataset (training/offline_data.py) is checked (tasks, environment family, the env
+packages' versions: Meta-World and MuJoCo, or minigrid; Meta-World's reward version and
+episode length, MiniGrid's per-task max_steps) and copied to the device once. Training runs
+in chunks of `agents/dt/train.py`'s `train_updates` (a `lax.scan` of updates, each sampling
+its batch on the device); between chunks the Python loop logs to tensorboardX, evaluates and
 checkpoints. `train.eval_every` and `train.checkpoint_every` count gradient updates here.
 
-Evaluation runs all tasks at once in their own Meta-World vector env (never one task after
-another), with the benchmark's goal set of the dataset (its env seed) and a fresh random
-state per evaluation. Actions are deterministic (the tanh'd mean the model predicts). Every
-task is conditioned on `dt.target_return_scale` x the best return of that task in the data,
-decreased by each reward received. The record (eval.jsonl, `step` = updates) is the format
-of the online loops, so `launch.py report` reads it unchanged. final.json is the last
-checkpoint's evaluation, never the best of training.
+Evaluation runs all tasks at once, never one task after another. Meta-World: each task in
+its own Meta-World vector env, with the benchmark's goal set of the dataset (its env seed)
+and a fresh random state per evaluation; actions are the tanh'd mean the model predicts.
+MiniGrid (`evaluate_dt_minigrid`): `eval.episodes` fresh episodes of every task as parallel
+envs of our JAX MiniGrid (envs/minigrid), stepped with the model's argmax action in one
+jitted `lax.while_loop` on the device (until every episode has ended; an ended episode stops
+counting), success = the episode terminated with a positive reward, as the PPO loop counts
+it; `env.backend gym` steps the same batch in `minigrid`'s own envs on the host instead (the
+reference backend). Actions are deterministic on both families. Every task is conditioned on
+`dt.target_return_scale` x the best return of that task in the data, decreased by each reward
+received; the timestep is the step within the episode. The record (eval.jsonl, `step` =
+updates) is the format of the online loops, so `launch.py report` reads it unchanged.
+final.json is the last checkpoint's evaluation, never the best of training.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
+from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -31,6 +40,7 @@ from tqdm import tqdm
 
 from agents.dt.train import DTData, make_dt_learner
 from envs.metaworld import MetaWorldVectorEnv, suite_tasks
+from envs.minigrid.multitask import OBS_DIM, GymMultiTask, MultiTaskGrid, is_minigrid, task_names
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
@@ -50,21 +60,48 @@ def eval_randomness(seed: int, updates: int):
     return env_seed, jax.random.fold_in(root_keys(seed)[1], updates)
 
 
-def open_dataset(cfg: Config) -> tuple[OfflineDataset, tuple[str, ...]]:
-    """The run's dataset, checked against the run's config and the installed packages."""
+def run_tasks(cfg: Config) -> tuple[str, ...]:
+    """The run's task names (MiniGrid or Meta-World suite)."""
+    if is_minigrid(cfg.env.suite):
+        return task_names(cfg.env.suite, cfg.env.tasks)
+    return suite_tasks(cfg.env.suite, cfg.env.tasks)
+
+
+def _env_versions(minigrid: bool) -> dict:
+    """{package: installed version} of the packages that define the run's environments:
+    minigrid for MiniGrid data (its reference envs produced it; run_dir.versions() does not
+    list minigrid), Meta-World and MuJoCo otherwise."""
+    if minigrid:
+        try:
+            return {"minigrid": metadata.version("minigrid")}
+        except metadata.PackageNotFoundError:
+            return {}
     from training.run_dir import versions
 
-    names = suite_tasks(cfg.env.suite, cfg.env.tasks)
     installed = versions()
-    dataset = load_dataset(cfg.dt.dataset, tasks=names,
-                           env_versions={k: installed[k] for k in ENV_PACKAGES
-                                         if installed.get(k)},
-                           reward_version=cfg.env.reward_version)
+    return {k: installed[k] for k in ENV_PACKAGES if k != "minigrid" and installed.get(k)}
+
+
+def open_dataset(cfg: Config) -> tuple[OfflineDataset, tuple[str, ...]]:
+    """The run's dataset, checked against the run's config and the installed packages."""
+    minigrid = is_minigrid(cfg.env.suite)
+    names = run_tasks(cfg)
+    dataset = load_dataset(cfg.dt.dataset, tasks=names, env_versions=_env_versions(minigrid),
+                           reward_version=None if minigrid else cfg.env.reward_version)
     meta = dataset.meta
-    if meta.get("env") != "metaworld":
+    family = "minigrid" if minigrid else "metaworld"
+    if meta.get("env") != family:
         raise UsageError(f"dataset '{cfg.dt.dataset}' holds {meta.get('env')} data; suite "
-                         f"'{cfg.env.suite}' is Meta-World")
-    if meta.get("max_episode_steps") != cfg.env.max_episode_steps:
+                         f"'{cfg.env.suite}' is {'MiniGrid' if minigrid else 'Meta-World'}")
+    if minigrid:
+        from envs.minigrid import make
+
+        for name in names:  # the data's episodes end where the evaluation's do
+            have, wanted = meta.get("max_steps", {}).get(name), make(name).max_steps
+            if have != wanted:
+                raise UsageError(f"dataset '{cfg.dt.dataset}': {name} episodes have max_steps "
+                                 f"{have}, the evaluation env's is {wanted}")
+    elif meta.get("max_episode_steps") != cfg.env.max_episode_steps:
         raise UsageError(f"dataset '{cfg.dt.dataset}' has {meta.get('max_episode_steps')}-step "
                          f"episodes, the run evaluates {cfg.env.max_episode_steps}-step ones "
                          "(--env.max_episode_steps)")
@@ -94,10 +131,7 @@ class DTTrainer:
         t, d = cfg.train, cfg.dt
         self.chunk = math.gcd(t.eval_every, t.checkpoint_every, d.updates)
         self.checkpointer = Checkpointer(run / "checkpoints", t.keep_checkpoints)
-        self.eval_env = MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks,
-                                           seed=int(dataset.meta["seed"]),
-                                           reward_version=cfg.env.reward_version,
-                                           max_episode_steps=cfg.env.max_episode_steps)
+        self.eval_env = make_eval_env(cfg, dataset.meta)
 
     def _save(self, complete: bool = False) -> None:
         tree = {"state": serialization.to_state_dict(jax.device_get(self.state))}
@@ -143,7 +177,8 @@ class DTTrainer:
         finally:
             bar.close()
             writer.close()
-            self.eval_env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
         return last
 
     def _chunk(self) -> dict:
@@ -165,8 +200,8 @@ class DTTrainer:
         writer.add_scalar("perf/tokens_per_s", tokens / max(elapsed, 1e-9), self.updates)
 
     def _evaluate(self, writer) -> dict:
-        record = evaluate_dt(self.cfg, self.learner, self.learner.act, self.state, self.data,
-                             self.targets, self.eval_env, self.updates, self.cfg.eval.episodes)
+        record = evaluate(self.cfg, self.learner, self.state, self.data, self.targets,
+                          self.names, self.eval_env, self.updates, self.cfg.eval.episodes)
         run_lib.append_eval(self.run, record)
         writer.add_scalar("eval/mean_success", record["mean_success"], self.updates)
         writer.add_scalar("eval/mean_return", record["mean_return"], self.updates)
@@ -183,9 +218,41 @@ def make_device_data(dataset: OfflineDataset, names, cfg: Config) -> DTData:
     return device_data(dataset, names, cfg.dt.prompt_episodes)
 
 
+def make_eval_env(cfg: Config, dataset_meta: dict) -> MetaWorldVectorEnv | None:
+    """Meta-World: the vector env of the run's tasks with the dataset's goal set. MiniGrid:
+    None (its envs are built per evaluation, on the device or, with env.backend gym, on the
+    host)."""
+    if is_minigrid(cfg.env.suite):
+        return None
+    return MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks, seed=int(dataset_meta["seed"]),
+                              reward_version=cfg.env.reward_version,
+                              max_episode_steps=cfg.env.max_episode_steps)
+
+
+def evaluate(cfg: Config, learner, state, data: DTData, targets: np.ndarray, names,
+             env: MetaWorldVectorEnv | None, updates: int, episodes: int) -> dict:
+    """The evaluation record of the run's family (`evaluate_dt` or `evaluate_dt_minigrid`)."""
+    if is_minigrid(cfg.env.suite):
+        return evaluate_dt_minigrid(cfg, learner, state, data, targets, names, updates,
+                                    episodes)
+    return evaluate_dt(cfg, learner, learner.act, state, data, targets, env, updates, episodes)
+
+
+def eval_record(cfg: Config, names, updates: int, targets: np.ndarray, returns,
+                successes) -> dict:
+    """eval.jsonl's record from (T, episodes) returns and successes."""
+    returns, successes = np.asarray(returns, np.float64), np.asarray(successes, bool)
+    per_task = {name: {"success": float(successes[i].mean()), "return": float(returns[i].mean()),
+                       "episodes": int(returns.shape[1])} for i, name in enumerate(names)}
+    return {"step": updates, "updates": updates, "suite": cfg.env.suite, "deterministic": True,
+            "target_returns": [float(x) for x in targets],
+            "mean_success": float(successes.mean()), "mean_return": float(returns.mean()),
+            "per_task": per_task}
+
+
 def evaluate_dt(cfg: Config, learner, act, state, data: DTData, targets: np.ndarray,
                 env: MetaWorldVectorEnv, updates: int, episodes: int) -> dict:
-    """`episodes` episodes of every task at once; the record eval.jsonl holds."""
+    """`episodes` episodes of every Meta-World task at once; the record eval.jsonl holds."""
     env_seed, prompt_key = eval_randomness(cfg.seed, updates)
     env.reseed(env_seed)
     prompt = learner.eval_prompt(data, prompt_key)
@@ -204,13 +271,119 @@ def evaluate_dt(cfg: Config, learner, act, state, data: DTData, targets: np.ndar
             successes[episode] |= result.success
             returns[episode] += result.reward
             obs = result.obs
-    per_task = {name: {"success": float(successes[:, i].mean()),
-                       "return": float(returns[:, i].mean()), "episodes": episodes}
-                for i, name in enumerate(env.task_names)}
-    return {"step": updates, "updates": updates, "suite": cfg.env.suite, "deterministic": True,
-            "target_returns": [float(x) for x in targets],
-            "mean_success": float(successes.mean()), "mean_return": float(returns.mean()),
-            "per_task": per_task}
+    return eval_record(cfg, env.task_names, updates, targets, returns.T, successes.T)
+
+
+def _episode_contexts(learner, targets: jax.Array, episodes: int):
+    """`eval_reset`'s empty contexts, one per task and parallel episode: (T, E, K, ...)."""
+    ctx = learner.eval_reset(targets)
+    return jax.tree.map(lambda x: jnp.repeat(x[:, None], episodes, axis=1), ctx)
+
+
+def _batched_act(learner):
+    """`act` over (T, E) parallel episodes: contexts, observations and rewards carry the
+    episode axis 1; the prompt (one per task), step and `first` flag are shared."""
+    return jax.vmap(learner.act, in_axes=(None, None, 1, 1, 1, None, None), out_axes=(1, 1))
+
+
+@functools.cache  # one compiled evaluation per model configuration, task set and batch
+def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str, ...],
+                       episodes: int):
+    """A jitted `run(state, prompt, targets, key) -> (returns, successes, steps)`: `episodes`
+    fresh episodes of every task of `names` in our JAX MiniGrid, all stepped together on the
+    device with the model's argmax actions, until every one has ended (or the longest
+    max_steps has passed); returns and successes (T, E) count each episode until its end."""
+    learner = make_dt_learner(dt_cfg, state_dim, action_dim, len(names))
+    grid = MultiTaskGrid(names, episodes)
+    envs = grid.envs
+    horizon = int(grid.max_steps.max())
+    act = _batched_act(learner)
+
+    def step_all(env_states, actions):
+        # `step`, not `step_autoreset`: an ended episode is never restarted (it stops
+        # counting), so drawing fresh layouts at every step would be wasted work.
+        out = [jax.vmap(env.step)(s, a) for env, s, a in zip(envs, env_states, actions,
+                                                               strict=True)]
+        obs = jnp.stack([o[1].reshape(episodes, OBS_DIM) for o in out])
+        reward, terminated, truncated = (jnp.stack([o[i] for o in out]) for i in (2, 3, 4))
+        return tuple(o[0] for o in out), obs, reward, terminated, truncated
+
+    def run(state, prompt, targets, key):
+        env_states, obs = grid.reset(key)
+        zeros = jnp.zeros((len(names), episodes), jnp.float32)
+
+        def cond(carry):
+            return (carry[0] < horizon) & carry[-1].any()
+
+        def body(carry):
+            t, env_states, obs, ctx, reward, ret, success, alive = carry
+            # The timestep is the step within the episode: every episode starts at t = 0.
+            action, ctx = act(state, prompt, ctx, obs.astype(jnp.float32), reward, t, t == 0)
+            env_states, obs, reward, terminated, truncated = step_all(env_states, action)
+            ret = ret + jnp.where(alive, reward, 0.0)
+            success = success | (alive & terminated & (reward > 0))
+            alive = alive & ~(terminated | truncated)
+            return t + 1, env_states, obs, ctx, reward, ret, success, alive
+
+        init = (jnp.int32(0), env_states, obs, _episode_contexts(learner, targets, episodes),
+                zeros, zeros, zeros.astype(bool), ~zeros.astype(bool))
+        t, _, _, _, _, ret, success, _ = jax.lax.while_loop(cond, body, init)
+        return ret, success, t
+
+    return jax.jit(run)
+
+
+def evaluate_dt_minigrid(cfg: Config, learner, state, data: DTData, targets: np.ndarray,
+                         names, updates: int, episodes: int) -> dict:
+    """`episodes` fresh episodes of every MiniGrid task at once (see `minigrid_evaluator`;
+    `env.backend gym`: `gym_evaluate_dt`); the record eval.jsonl holds."""
+    env_seed, prompt_key = eval_randomness(cfg.seed, updates)
+    prompt = learner.eval_prompt(data, prompt_key)
+    if cfg.env.backend == "gym":
+        returns, successes = gym_evaluate_dt(learner, state, prompt, targets, names, episodes,
+                                             env_seed)
+    else:
+        run = minigrid_evaluator(learner.cfg, int(data.observations.shape[1]),
+                                 _action_dim(learner), tuple(names), episodes)
+        returns, successes, _ = jax.device_get(run(state, prompt, jnp.asarray(targets),
+                                                   jax.random.PRNGKey(env_seed)))
+    return eval_record(cfg, names, updates, targets, returns, successes)
+
+
+def _action_dim(learner) -> int:
+    return int(learner.model.action_dim)
+
+
+@functools.cache  # compiled once per model configuration, not once per evaluation
+def _jitted_batched_act(dt_cfg, state_dim: int, action_dim: int, num_tasks: int):
+    return jax.jit(_batched_act(make_dt_learner(dt_cfg, state_dim, action_dim, num_tasks)))
+
+
+def gym_evaluate_dt(learner, state, prompt, targets: np.ndarray, names, episodes: int,
+                    seed: int):
+    """The reference backend: the same (T, E) batch of episodes in `minigrid`'s own envs,
+    stepped on the host with the jitted batched `act`. -> (returns, successes), (T, E)."""
+    env = GymMultiTask(tuple(names), episodes, seed=seed % (2**31 - 1))
+    act = _jitted_batched_act(learner.cfg, int(learner.model.state_dim),
+                              _action_dim(learner), len(names))
+    try:
+        obs = env.reset()
+        shape = (len(names), episodes)
+        ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
+        ctx = _episode_contexts(learner, jnp.asarray(targets), episodes)
+        reward = np.zeros(shape, np.float32)
+        t = 0
+        while alive.any():
+            action, ctx = act(state, prompt, ctx, jnp.asarray(obs, jnp.float32),
+                              jnp.asarray(reward), t, t == 0)
+            obs, reward, terminated, truncated, _ = env.step(np.asarray(action))
+            ret += np.where(alive, reward, 0.0)
+            success |= alive & terminated & (reward > 0)
+            alive &= ~(terminated | truncated)
+            t += 1
+    finally:
+        env.close()
+    return ret, success
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
@@ -224,14 +397,13 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     template = learner.init(root_keys(cfg.seed)[0])
     state = serialization.from_state_dict(template, tree["state"])
     data = make_device_data(dataset, names, cfg)
-    env = MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks, seed=int(dataset.meta["seed"]),
-                             reward_version=cfg.env.reward_version,
-                             max_episode_steps=cfg.env.max_episode_steps)
+    env = make_eval_env(cfg, dataset.meta)
     try:
-        record = evaluate_dt(cfg, learner, learner.act, state, data,
-                             target_returns(dataset, names, cfg.dt.target_return_scale), env,
-                             int(meta["updates"]), episodes or cfg.eval.episodes)
+        record = evaluate(cfg, learner, state, data,
+                          target_returns(dataset, names, cfg.dt.target_return_scale), names,
+                          env, int(meta["updates"]), episodes or cfg.eval.episodes)
     finally:
-        env.close()
+        if env is not None:
+            env.close()
     run_lib.append_eval(run, record, "reeval.jsonl")
     return record

@@ -67,11 +67,18 @@ def count_parameters(cfg: Config) -> dict:
 
 
 def _count_dt(cfg: Config) -> dict:
-    """Decision transformers (Meta-World sizes): embeddings, each block, the head."""
+    """Decision transformers (Meta-World's or MiniGrid's observation and action sizes):
+    embeddings, each block, the head."""
     from agents.dt.train import make_dt_learner
+    from envs.minigrid import multitask as grid
 
-    num_tasks = len(suite_tasks(cfg.env.suite, cfg.env.tasks))
-    state = jax.eval_shape(make_dt_learner(cfg.dt, OBS_DIM, ACTION_DIM, num_tasks).init,
+    if grid.is_minigrid(cfg.env.suite):
+        num_tasks = len(grid.task_names(cfg.env.suite, cfg.env.tasks))
+        obs_dim, action_dim = grid.OBS_DIM, grid.ACTION_COUNT
+    else:
+        num_tasks = len(suite_tasks(cfg.env.suite, cfg.env.tasks))
+        obs_dim, action_dim = OBS_DIM, ACTION_DIM
+    state = jax.eval_shape(make_dt_learner(cfg.dt, obs_dim, action_dim, num_tasks).init,
                            jax.random.PRNGKey(0))
     out = {"num_tasks": num_tasks, "networks": ("model",), "masks": {},
            "model": {k: _size(v) for k, v in state.params.items()}}

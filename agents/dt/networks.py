@@ -74,7 +74,7 @@ class DTConfig:
     num_layers: int = 3
     num_heads: int = 1
     dropout: float = 0.1
-    max_timestep: int = 1000  # Meta-World episodes are 500 steps
+    max_timestep: int = 1000  # Meta-World episodes are 500 steps; MiniGrid's at most 720
     prompt_length: int = 5
     mask_density: float = 0.8
     # Training (agents/dt/train.py, training/dt_loop.py): DT's optimiser and batches.
@@ -85,7 +85,8 @@ class DTConfig:
     warmup_steps: int = 10_000  # linear learning-rate warm-up from 0
     grad_clip: float = 0.25  # global norm
     updates: int = 100_000  # gradient steps; train.eval_every / checkpoint_every count these
-    rtg_scale: float = 1e-3  # returns-to-go are fed as return * rtg_scale (DT: 1/1000)
+    rtg_scale: float = 1e-3  # returns-to-go are fed as return * rtg_scale (DT: 1/1000;
+    # MiniGrid's returns are in [0, 1]: its presets use 1)
     # Evaluation conditions each task on target_return_scale x its best return in the data.
     target_return_scale: float = 1.0
     prompt_episodes: int = 1  # prompts come from each task's best episodes in the data
