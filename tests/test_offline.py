@@ -209,14 +209,19 @@ def test_mtdt_fits_task_dependent_actions(tmp_path):
     assert int(state.updates) == 300
 
 
+# HarmoDT with a mask update every 3 updates: the run below resumes masks too, and the
+# regrow test shares its compiled learner (same configuration, same chunk of 4 updates).
+HARMODT = {"mask_update_every": 3, "mask_update_max": 5}
+
+
 def test_harmodt_regrow_changes_masks_at_constant_density(dataset_dir):
-    cfg = tiny_config(dataset_dir, "harmodt", mask_update_every=3, mask_update_max=5).dt
+    cfg = tiny_config(dataset_dir, "harmodt", **HARMODT).dt
     dataset = load_dataset(dataset_dir)
     learner = make_dt_learner(cfg, 39, 4, 2)
     data = device_data(dataset, TASKS, 1)
     state = learner.init(jax.random.PRNGKey(0))
     before = jax.tree.leaves(state.masks)
-    state, _ = learner.train_updates(state, data, 6)  # two mask updates
+    state, _ = learner.train_updates(state, data, 4)  # a mask update at update 3
     after = jax.tree.leaves(state.masks)
     changed = 0
     for m0, m1 in zip(before, after, strict=True):
@@ -236,7 +241,7 @@ def test_interrupted_dt_run_resumes_exactly(dataset_dir, tmp_path, monkeypatch):
     from training import run_dir as run_lib
     from training.dt_loop import DTTrainer, reevaluate
 
-    cfg = tiny_config(dataset_dir, "promptdt")
+    cfg = tiny_config(dataset_dir, "harmodt", **HARMODT)
     config_lib.validate(cfg)
     full = run_lib.create_at(tmp_path / "full", cfg)
     full_trainer = DTTrainer(cfg, full, show_progress=False)
