@@ -52,6 +52,7 @@ from agents.networks import Linear
 from training.errors import UsageError
 
 VARIANTS = ("mtdt", "promptdt", "harmodt", "mtbc")
+LN_EPS = 1e-5  # GPT-2's (and so DT's) LayerNorm epsilon; flax's default is 1e-6
 ACTION_KINDS = ("continuous", "discrete")
 PROMPT_VARIANTS = ("promptdt", "harmodt")
 TASK_ID_VARIANTS = ("mtdt", "mtbc", "harmodt")
@@ -152,7 +153,7 @@ class Block(nn.Module):
         dens = self.densities or (None,) * 4
         b, t = x.shape[:2]
 
-        y = nn.LayerNorm(name="ln_1")(x)
+        y = nn.LayerNorm(epsilon=LN_EPS, name="ln_1")(x)
         qkv = _BlockDense(3 * d, self.num_tasks, dens[0], name="qkv")(y, task_id)
         q, k, v = (z.reshape(b, t, h, d // h) for z in jnp.split(qkv, 3, axis=-1))
         scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / math.sqrt(d // h)
@@ -164,7 +165,7 @@ class Block(nn.Module):
         y = _BlockDense(d, self.num_tasks, dens[1], name="attn_out")(y, task_id)
         x = x + nn.Dropout(self.dropout)(y, deterministic)
 
-        y = nn.LayerNorm(name="ln_2")(x)
+        y = nn.LayerNorm(epsilon=LN_EPS, name="ln_2")(x)
         y = nn.gelu(_BlockDense(4 * d, self.num_tasks, dens[2], name="fc")(y, task_id))
         y = _BlockDense(d, self.num_tasks, dens[3], name="mlp_out")(y, task_id)
         return x + nn.Dropout(self.dropout)(y, deterministic)
@@ -251,7 +252,7 @@ class DecisionTransformer(nn.Module):
             prompt_tokens = p.shape[1]
             x = jnp.concatenate([p, x], axis=1)
             valid = jnp.concatenate([prompt_mask, valid], axis=1)
-        x = nn.LayerNorm(name="embed_ln")(x)
+        x = nn.LayerNorm(epsilon=LN_EPS, name="embed_ln")(x)
         x = nn.Dropout(cfg.dropout)(x, deterministic)
 
         tokens = x.shape[1]
@@ -264,7 +265,7 @@ class DecisionTransformer(nn.Module):
             layer_dens = None if densities is None else tuple(densities[4 * i:4 * i + 4])
             x = Block(d, cfg.num_heads, cfg.dropout, self.num_tasks, layer_dens,
                       name=f"block_{i}")(x, allowed, task_id, deterministic)
-        x = nn.LayerNorm(name="ln_f")(x)
+        x = nn.LayerNorm(epsilon=LN_EPS, name="ln_f")(x)
 
         steps = x[:, prompt_tokens:].reshape(batch, length, n, d)
         state_out = steps[:, :, n - 2]  # the s_t token: a_t is predicted before it is seen
