@@ -264,6 +264,10 @@ def cmd_train(args) -> int:
     from training.train import check_seed_batch, train_runs
 
     check_seed_batch(cfgs)
+    if cfgs[0].algo == "dt":  # a missing, corrupt or mismatched dataset: before any run dir
+        from training.dt_loop import open_dataset
+
+        open_dataset(cfgs[0])
 
     if args.resume:
         for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
