@@ -374,3 +374,14 @@ def test_duplicate_seed_raises(tmp_path):
         report([str(a), str(b)], str(tmp_path / "out"))
     # the same directory named twice is one run, not a duplicate
     report([str(a), str(a)], str(tmp_path / "out"))
+
+
+def test_offline_references_only_beside_offline_runs():
+    from training.report import load_references
+
+    offline = load_references("mt50", setting="offline")
+    assert len(offline) == 14 and all(r["setting"] == "offline" for r in offline)
+    assert {r["method"] for r in offline} >= {"HarmoDT-M (near-optimal data)",
+                                              "MTBC (sub-optimal data)"}
+    assert not any(r.get("setting") == "offline" for r in load_references("mt50"))
+    assert load_references("mt10", setting="offline") == []

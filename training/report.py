@@ -310,8 +310,10 @@ def group_methods(runs: list[Run]) -> list[Method]:
 # Published numbers
 
 
-def load_references(suite: str, path: str | Path | None = None) -> list[dict]:
-    """The published rows for `suite` (mt10/mt50), in file order; [] for other suites."""
+def load_references(suite: str, path: str | Path | None = None,
+                    setting: str = "online") -> list[dict]:
+    """The published rows for `suite` (mt10/mt50) and `setting` (online: trained in the
+    environment; offline: trained from a dataset), in file order; [] for other suites."""
     path = Path(path) if path is not None else REFERENCE_FILE
     entries = tomllib.loads(path.read_text()).get("reference", [])
     rows = []
@@ -319,7 +321,7 @@ def load_references(suite: str, path: str | Path | None = None) -> list[dict]:
         missing = {"suite", "method", "success_pct", "statistic", "source"} - set(entry)
         if missing or entry["statistic"] not in STATISTICS:
             raise ValueError(f"{path}: bad reference entry {entry}")
-        if entry["suite"] == suite:
+        if entry["suite"] == suite and entry.get("setting", "online") == setting:
             rows.append(entry)
     return rows
 
@@ -640,7 +642,9 @@ def report(paths: list[str], out: str | None = None, reps: int = DEFAULT_REPS,
     runs = [_load_run(d, metric.key) for d in dirs]
     methods = group_methods(runs)
     suite = runs[0].suite
-    published = load_references(suite)
+    # Offline (DT) runs are compared with offline results only, online runs with online ones.
+    setting = "offline" if runs[0].fields.get("algo") == "dt" else "online"
+    published = load_references(suite, setting=setting)
     references = [_reference_row(r) for r in published] if metric.references else []
     summary = [_summarise(m, metric, reps, seed) for m in methods] + references
 
