@@ -43,11 +43,8 @@ def _launch(*args, cwd=None):
     (["train", "--preset", "mt10_mtdt"], "algo dt trains from a dataset: pass --dt.dataset DIR"),
     (["train", "--preset", "mt10_mtdt", "--dt.dataset", "/nonexistent/data"],
      "dataset '/nonexistent/data' not found (make one with `python launch.py collect`)"),
-    (["train", "--preset", "mt10_harmodt", "--dt.variant", "gpt4"],
-     "unknown dt variant 'gpt4'; valid: mtdt, promptdt, harmodt, mtbc"),
     (["collect", "--tier", "perfect", "--out", "/tmp/never"],
      "unknown tier 'perfect'; valid: expert, medium, mixed"),
-    (["collect", "--source", "web"], "unknown source 'web'; valid: scripted, replay, minigrid"),
     (["collect", "--source", "replay", "--out", "/tmp/never"], "--source replay needs --run DIR"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
