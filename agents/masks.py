@@ -245,12 +245,33 @@ def _get(tree, path):
     return tree
 
 
-def regrow_tree(mask_tree, probe_grads, k: jax.Array, gamma: float):
+REGROW_SCOPES = ("layer", "network")
+
+
+def regrow_tree(mask_tree, probe_grads, k: jax.Array, gamma: float, scope: str = "layer"):
     """`prune_and_regrow` on every mask of a network.
 
     Mask leaves are (*lead, T, in, out) (lead: e.g. the twin-critic axis) and the per-task
     probe gradients are (T, *lead, in, out), as `per_task_value_and_grad` returns them.
+    scope "layer": k entries per task in every kernel (each kernel keeps its own density);
+    "network": each task's masks ranked together, k entries per task in all (HarmoDT's code;
+    only the total density is kept, so layers can trade weights; leaves without lead axes).
     """
+    if scope not in REGROW_SCOPES:
+        raise ValueError(f"regrow scope '{scope}': expected one of {', '.join(REGROW_SCOPES)}")
+    if scope == "network":
+        leaves, treedef = jax.tree.flatten(mask_tree)
+        grads = treedef.flatten_up_to(probe_grads)
+        if any(leaf.ndim != 3 for leaf in leaves):
+            raise ValueError("network-wide regrow needs (T, in, out) mask leaves")
+        num_tasks = leaves[0].shape[0]
+        flat = prune_and_regrow(
+            jnp.concatenate([m.reshape(num_tasks, -1) for m in leaves], -1),
+            jnp.concatenate([g.reshape(num_tasks, -1) for g in grads], -1), k, gamma)
+        bounds = np.cumsum([m[0].size for m in leaves])[:-1]
+        pieces = jnp.split(flat, bounds, axis=-1)
+        return treedef.unflatten([p.reshape(m.shape) for p, m in zip(pieces, leaves,
+                                                                     strict=True)])
 
     def one(mask, grad):
         lead = mask.shape[: mask.ndim - 3]

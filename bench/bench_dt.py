@@ -118,7 +118,9 @@ def synthetic_data(num_tasks: int, episodes_per_task: int = 2, length: int = 500
         task_start=jnp.arange(num_tasks, dtype=jnp.int32) * task_size,
         task_size=jnp.full((num_tasks,), task_size, jnp.int32),
         prompt_start=(jnp.arange(num_tasks, dtype=jnp.int32) * task_size)[:, None],
-        prompt_length=jnp.full((num_tasks, 1), length, jnp.int32))
+        prompt_length=jnp.full((num_tasks, 1), length, jnp.int32),
+        state_mean=jnp.zeros((num_tasks, STATE_DIM), jnp.float32),
+        state_std=jnp.ones((num_tasks, STATE_DIM), jnp.float32))
 
 
 class JaxSide:
@@ -160,7 +162,8 @@ class JaxSide:
         self._filled = False
 
     def _step(self, t: int, first: bool):
-        action, self.ctx = self._act(self.state, None, self.ctx, self.obs, self.reward, t, first)
+        action, self.ctx = self._act(self.state, self.data, None, self.ctx, self.obs,
+                                     self.reward, t, first)
         return np.asarray(action)  # to the host, as for env.step
 
     def train(self, n: int) -> float:

@@ -10,8 +10,8 @@ MTDT baseline, both on HuggingFace's GPT2Model), but self-contained, without `tr
 - tokens interleaved (R_1, s_1, a_1, R_2, ...), then LayerNorm and dropout (GPT-2's embd_pdrop);
 - GPT-2 pre-LN blocks: x + drop(attn(ln_1(x))), x + drop(mlp(ln_2(x))), with causal
   self-attention (qkv Linear(d, 3d), heads split as GPT-2's `_split_heads`, attention
-  dropout, out Linear(d, d)) and an MLP d -> 4d -> d with GPT-2's tanh-approximated GELU
-  ("gelu_new");
+  dropout, out Linear(d, d)) and an MLP d -> 4d -> d with ReLU (the activation DT's and
+  Prompt-DT's GPT2Config set);
 - a final LayerNorm, and the action predicted from each s_t token by Linear + tanh.
 
 Equal to ours by construction, so that `load_flax_params` can copy our weights in and the
@@ -64,7 +64,7 @@ class Block(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(b, t, d)
         x = x + self.resid_drop(self.attn_out(y))
-        y = self.mlp_out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+        y = self.mlp_out(F.relu(self.fc(self.ln_2(x))))
         return x + self.resid_drop(y)
 
 

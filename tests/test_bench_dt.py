@@ -116,6 +116,6 @@ def test_bench_jax_side_calls_our_learner():
     state, metrics = jax.eval_shape(lambda s, d: side.learner.train_updates(s, d, 1),
                                     side.state, side.data)
     assert metrics["loss"].shape == () and state.updates.shape == ()
-    action, ctx = jax.eval_shape(side.learner.act, side.state, None, side.ctx, side.obs,
-                                 side.reward, 0, True)
+    action, ctx = jax.eval_shape(side.learner.act, side.state, side.data, None, side.ctx,
+                                 side.obs, side.reward, 0, True)
     assert action.shape == (NUM_TASKS, 4) and ctx.mask.shape == (NUM_TASKS, K)

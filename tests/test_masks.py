@@ -109,6 +109,24 @@ def test_prune_and_regrow_scores_use_agreement_with_the_mean_gradient():
     np.testing.assert_array_equal(new.sum(-1), m.sum(-1))
 
 
+def test_network_wide_regrow_moves_weights_between_layers_at_constant_task_density():
+    # Two tasks, two (T, 2, 2) kernels, each task keeping 2 of 4 entries in each. Task 0's
+    # gradients make kernel a's active entries the cheapest to drop and kernel b's inactive
+    # ones the best to regrow: ranked over the network (HarmoDT), k = 2 moves both from a to
+    # b; ranked per kernel, each kernel swaps one entry and keeps its own density.
+    half = jnp.array([[1, 1], [0, 0]], jnp.float32)
+    tree = {"a": jnp.stack([half, half]), "b": jnp.stack([half, half])}
+    g0 = {"a": jnp.array([[0.01, 0.01], [0.1, 0.1]]), "b": jnp.array([[1.0, 1.0], [2.0, 2.0]])}
+    grads = {name: jnp.stack([g, g]) for name, g in g0.items()}  # both tasks agree
+    net = masks.regrow_tree(tree, grads, jnp.int32(2), 10.0, scope="network")
+    np.testing.assert_array_equal(net["a"][0], [[0, 0], [0, 0]])
+    np.testing.assert_array_equal(net["b"][0], [[1, 1], [1, 1]])
+    per_layer = masks.regrow_tree(tree, grads, jnp.int32(2), 10.0)
+    for name in tree:
+        np.testing.assert_array_equal(per_layer[name].sum((1, 2)), [2, 2])
+    np.testing.assert_array_equal(per_layer["a"][0], [[0, 0], [1, 1]])
+
+
 def test_regrow_schedule_rises_and_falls():
     ks = [int(masks.regrow_count(jnp.int32(u), 100, 100)) for u in (0, 25, 50, 75, 100)]
     assert ks == [0, 50, 100, 50, 0]

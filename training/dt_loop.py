@@ -101,6 +101,12 @@ def open_dataset(cfg: Config) -> tuple[OfflineDataset, tuple[str, ...]]:
             if have != wanted:
                 raise UsageError(f"dataset '{cfg.dt.dataset}': {name} episodes have max_steps "
                                  f"{have}, the evaluation env's is {wanted}")
+    elif (meta.get("suite"), tuple(meta.get("tasks", ()))) != (cfg.env.suite, names):
+        # Meta-World draws each task's goals from the whole env list and seed: another suite
+        # or task list would evaluate on goals the data never saw.
+        raise UsageError(f"dataset '{cfg.dt.dataset}' was collected on suite "
+                         f"'{meta.get('suite')}' ({', '.join(meta.get('tasks', ()))}); the run "
+                         f"is '{cfg.env.suite}' ({', '.join(names)}): collect one for it")
     elif meta.get("max_episode_steps") != cfg.env.max_episode_steps:
         raise UsageError(f"dataset '{cfg.dt.dataset}' has {meta.get('max_episode_steps')}-step "
                          f"episodes, the run evaluates {cfg.env.max_episode_steps}-step ones "
@@ -215,7 +221,7 @@ class DTTrainer:
 def make_device_data(dataset: OfflineDataset, names, cfg: Config) -> DTData:
     from agents.dt.train import device_data
 
-    return device_data(dataset, names, cfg.dt.prompt_episodes)
+    return device_data(dataset, names, cfg.dt.prompt_episodes, cfg.dt.normalize_states)
 
 
 def make_eval_env(cfg: Config, dataset_meta: dict) -> MetaWorldVectorEnv | None:
@@ -264,7 +270,7 @@ def evaluate_dt(cfg: Config, learner, act, state, data: DTData, targets: np.ndar
         ctx = learner.eval_reset(jnp.asarray(targets))
         reward = np.zeros(num_tasks, np.float32)
         for t in range(horizon):
-            action, ctx = act(state, prompt, ctx, jnp.asarray(obs, jnp.float32),
+            action, ctx = act(state, data, prompt, ctx, jnp.asarray(obs, jnp.float32),
                               jnp.asarray(reward, jnp.float32), t, t == 0)
             result = env.step(np.asarray(action, np.float64))
             reward = result.reward
@@ -282,14 +288,16 @@ def _episode_contexts(learner, targets: jax.Array, episodes: int):
 
 def _batched_act(learner):
     """`act` over (T, E) parallel episodes: contexts, observations and rewards carry the
-    episode axis 1; the prompt (one per task), step and `first` flag are shared."""
-    return jax.vmap(learner.act, in_axes=(None, None, 1, 1, 1, None, None), out_axes=(1, 1))
+    episode axis 1; the data statistics, prompt (one per task), step and `first` flag are
+    shared."""
+    return jax.vmap(learner.act, in_axes=(None, None, None, 1, 1, 1, None, None),
+                    out_axes=(1, 1))
 
 
 @functools.cache  # one compiled evaluation per model configuration, task set and batch
 def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str, ...],
                        episodes: int):
-    """A jitted `run(state, prompt, targets, key) -> (returns, successes, steps)`: `episodes`
+    """A jitted `run(state, data, prompt, targets, key) -> (returns, successes, steps)`: `episodes`
     fresh episodes of every task of `names` in our JAX MiniGrid, all stepped together on the
     device with the model's argmax actions, until every one has ended (or the longest
     max_steps has passed); returns and successes (T, E) count each episode until its end."""
@@ -308,7 +316,7 @@ def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str
         reward, terminated, truncated = (jnp.stack([o[i] for o in out]) for i in (2, 3, 4))
         return tuple(o[0] for o in out), obs, reward, terminated, truncated
 
-    def run(state, prompt, targets, key):
+    def run(state, data, prompt, targets, key):
         env_states, obs = grid.reset(key)
         zeros = jnp.zeros((len(names), episodes), jnp.float32)
 
@@ -318,7 +326,8 @@ def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str
         def body(carry):
             t, env_states, obs, ctx, reward, ret, success, alive = carry
             # The timestep is the step within the episode: every episode starts at t = 0.
-            action, ctx = act(state, prompt, ctx, obs.astype(jnp.float32), reward, t, t == 0)
+            action, ctx = act(state, data, prompt, ctx, obs.astype(jnp.float32), reward, t,
+                              t == 0)
             env_states, obs, reward, terminated, truncated = step_all(env_states, action)
             ret = ret + jnp.where(alive, reward, 0.0)
             success = success | (alive & terminated & (reward > 0))
@@ -340,12 +349,12 @@ def evaluate_dt_minigrid(cfg: Config, learner, state, data: DTData, targets: np.
     env_seed, prompt_key = eval_randomness(cfg.seed, updates)
     prompt = learner.eval_prompt(data, prompt_key)
     if cfg.env.backend == "gym":
-        returns, successes = gym_evaluate_dt(learner, state, prompt, targets, names, episodes,
-                                             env_seed)
+        returns, successes = gym_evaluate_dt(learner, state, data, prompt, targets, names,
+                                             episodes, env_seed)
     else:
         run = minigrid_evaluator(learner.cfg, int(data.observations.shape[1]),
                                  _action_dim(learner), tuple(names), episodes)
-        returns, successes, _ = jax.device_get(run(state, prompt, jnp.asarray(targets),
+        returns, successes, _ = jax.device_get(run(state, data, prompt, jnp.asarray(targets),
                                                    jax.random.PRNGKey(env_seed)))
     return eval_record(cfg, names, updates, targets, returns, successes)
 
@@ -359,8 +368,8 @@ def _jitted_batched_act(dt_cfg, state_dim: int, action_dim: int, num_tasks: int)
     return jax.jit(_batched_act(make_dt_learner(dt_cfg, state_dim, action_dim, num_tasks)))
 
 
-def gym_evaluate_dt(learner, state, prompt, targets: np.ndarray, names, episodes: int,
-                    seed: int):
+def gym_evaluate_dt(learner, state, data: DTData, prompt, targets: np.ndarray, names,
+                    episodes: int, seed: int):
     """The reference backend: the same (T, E) batch of episodes in `minigrid`'s own envs,
     stepped on the host with the jitted batched `act`. -> (returns, successes), (T, E)."""
     env = GymMultiTask(tuple(names), episodes, seed=seed % (2**31 - 1))
@@ -374,7 +383,7 @@ def gym_evaluate_dt(learner, state, prompt, targets: np.ndarray, names, episodes
         reward = np.zeros(shape, np.float32)
         t = 0
         while alive.any():
-            action, ctx = act(state, prompt, ctx, jnp.asarray(obs, jnp.float32),
+            action, ctx = act(state, data, prompt, ctx, jnp.asarray(obs, jnp.float32),
                               jnp.asarray(reward), t, t == 0)
             obs, reward, terminated, truncated, _ = env.step(np.asarray(action))
             ret += np.where(alive, reward, 0.0)

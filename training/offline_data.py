@@ -94,6 +94,9 @@ def write_dataset(path: str | Path, meta: dict, episodes: list[Episode]) -> Path
     missing = [tasks[t] for t, eps in enumerate(by_task) if not eps]
     if missing:
         raise ValueError(f"no episodes for tasks: {', '.join(missing)}")
+    if episodes[0].actions.ndim == 1 and not meta.get("action_dim"):
+        # The largest action the data holds need not be the env's last one.
+        raise ValueError("discrete actions need meta['action_dim'], the env's action count")
     partial = path.with_name(path.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -115,7 +118,8 @@ def write_dataset(path: str | Path, meta: dict, episodes: list[Episode]) -> Path
         format=FORMAT,
         obs_dim=int(arrays["observations"].shape[1]),
         action_kind="discrete" if arrays["actions"].ndim == 1 else "continuous",
-        action_dim=int(meta.get("action_dim") or arrays["actions"].shape[-1]),
+        action_dim=int(meta["action_dim"] if arrays["actions"].ndim == 1
+                       else arrays["actions"].shape[-1]),
         total_episodes=int(len(ordered)),
         total_steps=int(arrays["rewards"].shape[0]),
         task_offsets=[0, *np.cumsum(steps).tolist()],
@@ -140,9 +144,7 @@ def _write_minari(directory: Path, episodes: list[Episode], dataset_id: str, alg
     obs_dim = first.observations.shape[1]
     obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
     if first.actions.ndim == 1:
-        # The env's action count (meta action_dim), not the largest action the data holds.
-        action_space = gym.spaces.Discrete(action_dim or int(max(e.actions.max()
-                                                                 for e in episodes)) + 1)
+        action_space = gym.spaces.Discrete(action_dim)  # the env's count (write_dataset)
     else:
         action_space = gym.spaces.Box(-1.0, 1.0, (first.actions.shape[1],), np.float32)
     storage = MinariStorage.new(directory, observation_space=obs_space,
@@ -288,6 +290,11 @@ def load_dataset(path: str | Path, tasks: tuple[str, ...] | None = None,
         for name in ("observations", "actions", "rewards", "returns_to_go"):
             if arrays[name].dtype.kind == "f" and not _all_finite(arrays[name]):
                 raise UsageError(f"dataset '{path}': {name} holds NaN or inf values")
+        actions = arrays["actions"]
+        if meta["action_kind"] == "discrete" and len(actions) and not (
+                0 <= actions.min() and actions.max() < meta["action_dim"]):
+            raise UsageError(f"dataset '{path}': discrete actions lie in [{actions.min()}, "
+                             f"{actions.max()}], outside the {meta['action_dim']} actions")
     return OfflineDataset(path, meta, arrays)
 
 

@@ -26,7 +26,7 @@ the template for MiniGrid).
 Transformer: GPT-2 as DT uses it: no positional embedding (the learned embedding of the
 environment timestep, added to each of the step's tokens, replaces it, so a left-padded
 sequence computes exactly what the unpadded one does), a LayerNorm on the embedded tokens,
-pre-LayerNorm blocks of causal self-attention and a 4d GELU MLP with residual dropout, and a
+pre-LayerNorm blocks of causal self-attention and a 4d ReLU MLP with residual dropout, and a
 final LayerNorm.
 
 Deviations from the papers' code:
@@ -91,6 +91,8 @@ class DTConfig:
     # Evaluation conditions each task on target_return_scale x its best return in the data.
     target_return_scale: float = 1.0
     prompt_episodes: int = 1  # prompts come from each task's best episodes in the data
+    # States fed normalised by their task's mean and std in the data (DT, Prompt-DT, HarmoDT).
+    normalize_states: bool = True
     # HarmoDT's prune-and-regrow: every mask_update_every updates each task drops and regrows
     # k weights per kernel, k following 0 -> mask_update_max -> 0 (cosine), scores with gamma.
     mask_update_every: int = 1000
@@ -166,7 +168,8 @@ class Block(nn.Module):
         x = x + nn.Dropout(self.dropout)(y, deterministic)
 
         y = nn.LayerNorm(epsilon=LN_EPS, name="ln_2")(x)
-        y = nn.gelu(_BlockDense(4 * d, self.num_tasks, dens[2], name="fc")(y, task_id))
+        # ReLU: the activation DT's, Prompt-DT's and HarmoDT's GPT-2 configs set (not GELU).
+        y = nn.relu(_BlockDense(4 * d, self.num_tasks, dens[2], name="fc")(y, task_id))
         y = _BlockDense(d, self.num_tasks, dens[3], name="mlp_out")(y, task_id)
         return x + nn.Dropout(self.dropout)(y, deterministic)
 

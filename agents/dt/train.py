@@ -7,9 +7,10 @@
   steps. Every step samples its batch on the device from `data` (the whole dataset, copied
   to the device once by `device_data`), so a chunk of thousands of updates is one call with
   no host round trip.
-- `eval_prompt(data, key)`, `eval_reset(targets)` and `act(state, prompt, ctx, obs, reward,
-  timestep) -> (action, ctx)`: DT's online evaluation for all tasks at once. The context of
-  the last K steps lives on the device; the target return is decreased by each reward.
+- `eval_prompt(data, key)`, `eval_reset(targets)` and `act(state, data, prompt, ctx, obs,
+  reward, timestep, first) -> (action, ctx)`: DT's online evaluation for all tasks at once.
+  The context of the last K steps lives on the device; the target return is decreased by
+  each reward; observations are normalised by the data's per-task statistics.
 
 Batches are task-balanced: each holds `batch_per_task` windows of every task, sampled as DT
 does (a step uniformly among the task's steps, i.e. episodes in proportion to their length;
@@ -52,6 +53,8 @@ class DTData(NamedTuple):
     task_size: jax.Array  # (T,)
     prompt_start: jax.Array  # (T, E) int32: first step of each task's best episodes
     prompt_length: jax.Array  # (T, E) int32: their lengths
+    state_mean: jax.Array  # (T, S) float32: each task's state statistics in the data;
+    state_std: jax.Array  # (T, S) `observations` are already normalised by them
 
 
 class DTState(NamedTuple):
@@ -72,9 +75,15 @@ class EvalContext(NamedTuple):
     mask: jax.Array  # (T, K) 1 valid
 
 
-def device_data(dataset, task_names: tuple[str, ...], prompt_episodes: int) -> DTData:
+def device_data(dataset, task_names: tuple[str, ...], prompt_episodes: int,
+                normalize_states: bool = True) -> DTData:
     """Copy the steps of `task_names` (an OfflineDataset, training/offline_data.py) to the
-    device, tasks in the given order."""
+    device, tasks in the given order, states normalised by their task's mean and std in the
+    data (DT, Prompt-DT and HarmoDT all do; `act` applies the same statistics online).
+
+    A feature constant within a task keeps the scale 1 where DT adds 1e-6 to the std: a
+    MiniGrid cell the data never shows changing would otherwise blow up to 1e6 the first
+    time the evaluation sees it change."""
     arrays, offsets = dataset.arrays, dataset.task_steps()
     order = [dataset.tasks.index(name) for name in task_names]
     pieces, starts, sizes, prompt_start, prompt_len = [], [], [], [], []
@@ -94,22 +103,34 @@ def device_data(dataset, task_names: tuple[str, ...], prompt_episodes: int) -> D
         new_start += hi - lo
 
     def gather(name, dtype):
-        return jnp.asarray(np.concatenate([np.asarray(arrays[name][lo:hi]) for lo, hi in pieces])
-                           .astype(dtype))
+        return np.concatenate([np.asarray(arrays[name][lo:hi]) for lo, hi in pieces]).astype(dtype)
+
+    observations = gather("observations", np.float32)
+    state_dim = observations.shape[-1]
+    mean = np.zeros((len(order), state_dim), np.float32)
+    std = np.ones((len(order), state_dim), np.float32)
+    for i, (start, size) in enumerate(zip(starts, sizes, strict=True)):
+        if normalize_states:
+            steps = observations[start:start + size].astype(np.float64)
+            mean[i], task_std = steps.mean(0), steps.std(0)
+            std[i] = np.where(task_std > 1e-6, task_std, 1.0)
+        observations[start:start + size] = (observations[start:start + size] - mean[i]) / std[i]
 
     shift = np.concatenate([np.full(hi - lo, s - lo) for (lo, hi), s in zip(pieces, starts,
                                                                               strict=True)])
     episode_end = np.concatenate([np.asarray(arrays["episode_end"][lo:hi]) for lo, hi in pieces])
     return DTData(
-        observations=gather("observations", np.float32),
-        actions=gather("actions", arrays["actions"].dtype),
-        returns_to_go=gather("returns_to_go", np.float32),
-        timesteps=gather("timesteps", np.int32),
+        observations=jnp.asarray(observations),
+        actions=jnp.asarray(gather("actions", arrays["actions"].dtype)),
+        returns_to_go=jnp.asarray(gather("returns_to_go", np.float32)),
+        timesteps=jnp.asarray(gather("timesteps", np.int32)),
         episode_end=jnp.asarray((episode_end + shift).astype(np.int32)),
         task_start=jnp.asarray(np.array(starts, np.int32)),
         task_size=jnp.asarray(np.array(sizes, np.int32)),
         prompt_start=jnp.asarray(np.array(prompt_start, np.int32)),
         prompt_length=jnp.asarray(np.array(prompt_len, np.int32)),
+        state_mean=jnp.asarray(mean),
+        state_std=jnp.asarray(std),
     )
 
 
@@ -162,11 +183,11 @@ def make_dt_learner(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: i
     discrete = cfg.action_kind == "discrete"
 
     def sample_prompt(data, key, task):
-        k_episode, k_start = jax.random.split(key)
-        e = jax.random.randint(k_episode, (), 0, data.prompt_start.shape[1])
+        """The last `prompt_length` steps of one of the task's best episodes (Prompt-DT and
+        HarmoDT take the tail, where a Meta-World episode shows the task done)."""
+        e = jax.random.randint(key, (), 0, data.prompt_start.shape[1])
         first, size = data.prompt_start[task, e], data.prompt_length[task, e]
-        start = first + jax.random.randint(k_start, (), 0, jnp.maximum(size - p, 0) + 1)
-        return window(data, start, p, first + size, cfg.rtg_scale)
+        return window(data, first + jnp.maximum(size - p, 0), p, first + size, cfg.rtg_scale)
 
     def sample_batch(data: DTData, key):
         """(T, b, ...) windows: `batch_per_task` of every task, plus prompts if used."""
@@ -232,7 +253,10 @@ def make_dt_learner(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: i
         # (the probe is added after masking), from its own slice of the batch.
         grads = jax.vmap(jax.grad(task_loss, argnums=5), in_axes=(None, None, 0, 0, 0, None))(
             params, masks, batch, jnp.arange(num_tasks), jax.random.split(key, num_tasks), probe)
-        return masks_lib.regrow_tree(masks, grads, k_count, cfg.mask_update_gamma)
+        # HarmoDT ranks each task's whole mask at once (all block kernels together), so k
+        # counts entries per task, and weight can move between layers.
+        return masks_lib.regrow_tree(masks, grads, k_count, cfg.mask_update_gamma,
+                                     scope="network")
 
     def update(state: DTState, data: DTData):
         key, k_batch, k_loss, k_regrow = jax.random.split(state.key, 4)
@@ -273,13 +297,16 @@ def make_dt_learner(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: i
         return EvalContext(rtg, jnp.zeros((t, k, state_dim)), actions,
                            jnp.zeros((t, k), jnp.int32), jnp.zeros((t, k), jnp.int32))
 
-    def act(state: DTState, prompt, ctx: EvalContext, obs, reward, timestep, first):
-        """Append this step (obs (T, S), the return still owed) to every task's context and
-        predict its action from the state token. `reward` (T,) is the previous step's; on
-        the first step of an episode (`first`), the target set by `eval_reset` is used."""
+    def act(state: DTState, data: DTData, prompt, ctx: EvalContext, obs, reward, timestep,
+            first):
+        """Append this step (obs (T, S) raw, normalised here by `data`'s per-task statistics;
+        the return still owed) to every task's context and predict its action from the state
+        token. `reward` (T,) is the previous step's; on the first step of an episode
+        (`first`), the target set by `eval_reset` is used."""
         def roll(x):
             return jnp.roll(x, -1, axis=1)
 
+        obs = (obs - data.state_mean) / data.state_std
         owed = ctx.returns_to_go[:, -1, 0]
         owed = jnp.where(first, owed, owed - reward * cfg.rtg_scale)
         ctx = EvalContext(
