@@ -94,7 +94,8 @@ class DTConfig:
     # States fed normalised by their task's mean and std in the data (DT, Prompt-DT, HarmoDT).
     normalize_states: bool = True
     # HarmoDT's prune-and-regrow: every mask_update_every updates each task drops and regrows
-    # k weights per kernel, k following 0 -> mask_update_max -> 0 (cosine), scores with gamma.
+    # k weights of its whole mask (all block kernels ranked together), k following
+    # 0 -> mask_update_max -> 0 (cosine), scores with gamma.
     mask_update_every: int = 1000
     mask_update_max: int = 100
     mask_update_gamma: float = 10.0

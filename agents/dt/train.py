@@ -110,11 +110,12 @@ def device_data(dataset, task_names: tuple[str, ...], prompt_episodes: int,
     mean = np.zeros((len(order), state_dim), np.float32)
     std = np.ones((len(order), state_dim), np.float32)
     for i, (start, size) in enumerate(zip(starts, sizes, strict=True)):
-        if normalize_states:
-            steps = observations[start:start + size].astype(np.float64)
-            mean[i], task_std = steps.mean(0), steps.std(0)
-            std[i] = np.where(task_std > 1e-6, task_std, 1.0)
-        observations[start:start + size] = (observations[start:start + size] - mean[i]) / std[i]
+        if not normalize_states:
+            break
+        steps = observations[start:start + size]
+        mean[i], task_std = steps.mean(0, dtype=np.float64), steps.std(0, dtype=np.float64)
+        std[i] = np.where(task_std > 1e-6, task_std, 1.0)
+        observations[start:start + size] = (steps - mean[i]) / std[i]
 
     shift = np.concatenate([np.full(hi - lo, s - lo) for (lo, hi), s in zip(pieces, starts,
                                                                               strict=True)])
