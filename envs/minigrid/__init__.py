@@ -65,8 +65,8 @@ Layouts: `reset(key)` draws with JAX keys what minigrid's `_gen_grid` draws with
 the same distribution: `_rand_int` ranges as minigrid's; `place_obj`/`place_agent` rejection
 sampling as a uniform draw over the cells it accepts; shuffles as uniform permutations (or
 the uniform subsets and arrangements they amount to); MultiRoom's recursive rejection sampler
-by its exact closed form (`multiroom`). All draws of a layout come from one `jax.random.bits`
-call (`core.Draws`; uniform up to a relative bias below 2**-48). The tests check that
+by its exact closed form (`multiroom`). All draws of a layout come from one key
+split (`core.Draws`; uniform up to a relative bias below 2**-48). The tests check that
 minigrid's own `_gen_grid`, fed the draws that explain one of our layouts, rebuilds it
 exactly, and compare the layout statistics of both.
 

@@ -109,10 +109,10 @@ def _mul_hi(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 class Draws:
-    """Uniform random integers for one layout, all from a single `jax.random.bits` call.
+    """Uniform random integers for one layout, all from a single PRNG call.
 
     A layout needs a handful of small uniform draws; one PRNG call for all of them is several
-    times cheaper than splitting the key per draw (and than `jax.random.randint`, which costs
+    times cheaper than one call per draw (and than `jax.random.randint`, which costs
     two PRNG calls and integer divisions per draw), and resets run on every step.
 
     `below(span)` is floor(u span / 2**64) for a uniform 64-bit u (two 32-bit words): uniform
@@ -121,7 +121,11 @@ class Draws:
     """
 
     def __init__(self, key: jax.Array, count: int):
-        self._words = jax.random.bits(key, (count, 2), jnp.uint32)
+        # The words are the data of `count` keys split from `key`: each split key is one
+        # threefry hash of the key and a counter, two uniform 32-bit words. Under vmap on the
+        # CPU that is about 4x cheaper than `jax.random.bits(key, (count, 2))`, which hashes
+        # once per 32-bit word (and layouts are drawn on every step).
+        self._words = jax.random.key_data(jax.random.split(key, count))[..., :2]
         self._next = 0
 
     def _take(self) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,6 @@ from envs.minigrid.core import (
     SquareGridEnv,
     State,
     make_state,
-    put_patch,
     set_cell,
     walled_grid,
 )
@@ -46,27 +45,47 @@ class Crossing(SquareGridEnv):
     def max_steps(self) -> int:
         return 4 * self.size**2
 
+    def river_grids(self) -> np.ndarray:
+        """(2 ** (2 * per_dir), size, size, 3) uint8: for every subset of the river
+        candidates (bit c: candidate c, the columns x = 2, 4, .. then the rows), the walled
+        grid with the goal and those rivers, openings not yet cut."""
+        n = self.size
+        per_dir = len(range(2, n - 2, 2))
+        river = LAVA_CELL if self.lava else WALL_CELL
+        grids = np.broadcast_to(walled_grid(n, n), (2 ** (2 * per_dir), n, n, 3)).copy()
+        grids[:, n - 2, n - 2] = GOAL_CELL
+        for subset in range(len(grids)):
+            for c in range(2 * per_dir):
+                position = 2 + 2 * (c % per_dir)
+                if subset >> c & 1 and c < per_dir:
+                    grids[subset, position, 1:n - 1] = river
+                elif subset >> c & 1:
+                    grids[subset, 1:n - 1, position] = river
+        return grids
+
     def _layout(self, key: jax.Array) -> State:
         n, count = self.size, self.num_crossings
         per_dir = len(range(2, n - 2, 2))
         draws = Draws(key, 2 * per_dir + 2 * count)
-        grid = jnp.asarray(walled_grid(n, n))
-        grid = set_cell(grid, n - 2, n - 2, GOAL_CELL)
 
         # Rivers: minigrid keeps the first `count` of a shuffle of the candidates, vertical
         # rivers (columns x = 2, 4, ..) then horizontal ones (rows): a uniform `count`-subset.
         # Drawn here by selection sampling (each candidate in turn is kept with probability
         # needed / remaining), which yields the kept rivers of each direction in increasing
         # position, with no shuffle or sort. rivers_v / rivers_h: their positions, padded with
-        # `far` (the final limit anyway).
+        # `far` (the final limit anyway). The grid with those rivers is looked up by the
+        # subset's bits in `river_grids` (one gather; writing the rivers as patches was most
+        # of a step's cost, and resets run on every step).
         far = n - 1
         slot = jnp.arange(count)
         rivers_v = rivers_h = jnp.full(count, far, jnp.int32)
         num_v = num_h = jnp.int32(0)
         needed = jnp.int32(count)
+        subset = jnp.int32(0)
         for c in range(2 * per_dir):
             keep = draws.below(2 * per_dir - c) < needed
             needed = needed - keep
+            subset = subset | (keep.astype(jnp.int32) << c)
             position = 2 + 2 * (c % per_dir)
             if c < per_dir:
                 rivers_v = jnp.where(keep & (slot == num_v), position, rivers_v)
@@ -74,12 +93,7 @@ class Crossing(SquareGridEnv):
             else:
                 rivers_h = jnp.where(keep & (slot == num_h), position, rivers_h)
                 num_h = num_h + keep
-        # Each river is a full column / row of river cells inside the border.
-        column = np.broadcast_to(LAVA_CELL if self.lava else WALL_CELL, (1, n, 3)).copy()
-        column[0, [0, n - 1]] = WALL_CELL
-        for k in range(count):
-            grid = put_patch(grid, rivers_v[k], 0, column, k < num_v)
-            grid = put_patch(grid, 0, rivers_h[k], column.transpose(1, 0, 2), k < num_h)
+        grid = jnp.asarray(self.river_grids())[subset]
 
         # The path: a uniform arrangement of num_v moves through vertical rivers ("h" in
         # minigrid) and count - num_v through horizontal ones ("v"), drawn move by move (a
