@@ -9,7 +9,8 @@ warm-up iteration, median of alternating rounds (this machine is noisy):
   call per step, then the jitted update (training/ppo_loop.py's `_gym_chunk`);
 - jax xN: `env.backend jax`, N seeds vmapped in one jitted `lax.scan` of whole iterations.
 
-    python bench/bench_ppo.py [--preset minigrid_mt3_moore] [--seeds 1,4] [--quick] [--write]
+    python bench/bench_ppo.py [--preset minigrid_mt3_moore[,minigrid_mt7_moore,..]] [--seeds 1,4]
+                              [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,42 +72,46 @@ def jax_run(cfg, seeds: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="minigrid_mt3_moore")
+    parser.add_argument("--preset", default="minigrid_mt3_moore",
+                        help="one preset or a comma-separated list")
     parser.add_argument("--seeds", default="1,4", help="seed batch sizes for the jax backend")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
                         help="steps_per_task 256 with 8 envs per task, one round (smoke run)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
-    cfg = get_preset(args.preset)
-    rounds = args.rounds
-    if args.quick:
-        cfg = config_lib.apply_overrides(cfg, {"ppo.steps_per_task": "256",
-                                               "ppo.envs_per_task": "8"})
-        rounds = 1
+    rounds = 1 if args.quick else args.rounds
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    num_tasks = len(task_names(cfg.env.suite, cfg.env.tasks))
-    steps = cfg.ppo.steps_per_task * num_tasks
-    runs = [gym_run(cfg)] + [jax_run(cfg, n) for n in seeds]
-    times = median_rounds(runs, rounds)
-    rates = [steps / times[0]] + [n * steps / t for n, t in zip(seeds, times[1:], strict=True)]
     device = jax.devices()[0]
-    p, n = cfg.ppo, cfg.network
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {device.device_kind} "
-        f"({device.platform}), jax {jax.__version__}. Preset {args.preset} ({n.arch}, "
-        f"{n.num_experts} experts, {num_tasks} tasks): one PPO iteration = "
-        f"{p.steps_per_task} steps per task from {p.envs_per_task} env(s) per task, "
-        f"{p.epochs} epochs x {p.num_minibatches} minibatches. Env steps/s over all tasks "
-        f"and seeds, median of {rounds} alternating rounds.\n",
-        "| backend | seeds | s / iteration | env steps/s | vs gym |",
-        "|---|---|---|---|---|",
-        f"| gym (minigrid on the host) | 1 | {times[0]:.2f} | {rates[0]:,.0f} | 1.00x |",
+        f"({device.platform}), jax {jax.__version__}. One PPO iteration = the preset's steps "
+        f"per task from its env(s) per task, then its epochs x minibatches of updates. Env "
+        f"steps/s over all tasks and seeds, median of {rounds} alternating rounds (per "
+        f"preset).\n",
+        "| preset | arch (experts), tasks | backend | seeds | s / iteration | env steps/s "
+        "| vs gym |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n_seeds, t, rate in zip(seeds, times[1:], rates[1:], strict=True):
-        lines.append(f"| jax (on device) | {n_seeds} | {t:.2f} | {rate:,.0f} | "
-                     f"{rate / rates[0]:.2f}x |")
+    for preset in args.preset.split(","):
+        cfg = get_preset(preset)
+        if args.quick:
+            cfg = config_lib.apply_overrides(cfg, {"ppo.steps_per_task": "256",
+                                                   "ppo.envs_per_task": "8"})
+        num_tasks = len(task_names(cfg.env.suite, cfg.env.tasks))
+        steps = cfg.ppo.steps_per_task * num_tasks
+        runs = [gym_run(cfg)] + [jax_run(cfg, n) for n in seeds]
+        times = median_rounds(runs, rounds)
+        rates = [steps / times[0]] + [n * steps / t for n, t in zip(seeds, times[1:],
+                                                                    strict=True)]
+        n = cfg.network
+        arch = f"{n.arch} ({n.num_experts})" if n.arch in ("moe", "moore") else n.arch
+        rows = [("gym (minigrid on the host)", 1)] + [("jax (on device)", k) for k in seeds]
+        for (backend, k), t, rate in zip(rows, times, rates, strict=True):
+            lines.append(f"| {preset} | {arch}, {num_tasks} | {backend} | {k} | {t:.2f} | "
+                         f"{rate:,.0f} | {rate / rates[0]:.2f}x |")
+        print(lines[-len(rows):], flush=True)
     lines.append(f"\nScript runtime {time.perf_counter() - start:.0f} s.")
     text = "\n".join(lines)
     print(text)
@@ -115,7 +119,6 @@ def main():
         command = " ".join(["python", "bench/bench_ppo.py", *sys.argv[1:]])
         write_section("bench_ppo", "MiniGrid PPO whole-training throughput (bench/bench_ppo.py)",
                       text, command)
-    return np.array(rates)
 
 
 if __name__ == "__main__":
