@@ -191,7 +191,7 @@ def cmd_grid(args) -> int:
         from training import slurm
 
         jobs = slurm.submit(spec, runs)
-        print(f"submitted {len(jobs)} job(s): {', '.join(jobs)}")
+        print(f"submitted {len(jobs)} array task(s): {', '.join(jobs)}")
         return 0
     codes = grid_lib.run_local(spec, runs, args.out, args.max_parallel)
     print(grid_lib.status_table(runs))

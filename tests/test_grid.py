@@ -1,6 +1,8 @@
 """Grids: expansion (stable names, overrides, duplicates refused), skip/resume logic, bad
-specs as one-line errors, and a tiny grid end to end on the local backend."""
+specs as one-line errors, seed batches (grouping, one training call and one process per
+group), and tiny grids end to end on the local backend."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import pytest
 import launch
 from tests.conftest import ROOT
 from training import grid as grid_lib
+from training import run_dir as run_lib
 from training.errors import UsageError
 
 SMOKE = ROOT / "experiments" / "smoke.toml"
@@ -66,6 +69,14 @@ def test_duplicate_runs_are_refused(tmp_path):
     ('presets = ["demo"]\nseeds = 0\n', "'seeds' must be >= 1"),
     ('presets = ["demo"]\nseedz = 3\n', "unknown key(s) seedz"),
     ('presets = ["demo"]\n[overrides]\n"network.arch" = "nope"\n', "unknown network.arch 'nope'"),
+    ('presets = ["demo"]\nbatch_seeds = 0\n', "'batch_seeds' must be an integer >= 1"),
+    ('presets = ["demo"]\nbatch_seeds = "4"\n', "1 = one per process), got '4'"),
+    ('presets = ["demo"]\nbatch_seeds = true\n', "'batch_seeds' must be an integer >= 1"),
+    ('presets = ["demo"]\nbatch_seeds = 2.5\n', "got 2.5"),
+    ('presets = ["minigrid_mt3_mtppo", "demo"]\nbatch_seeds = 4\n',
+     "batch_seeds 4 needs algo ppo on env.backend jax; run demo-s0 uses algo sac"),
+    ('presets = ["minigrid_mt3_mtppo"]\nbatch_seeds = 2\n[overrides]\n"env.backend" = "gym"\n',
+     "run minigrid_mt3_mtppo-s0 uses env.backend gym"),
 ])
 def test_bad_specs_exit_2_with_one_line(tmp_path, capsys, text, message):
     path = _spec(tmp_path, text)
@@ -101,14 +112,178 @@ def test_status_distinguishes_done_partial_new(tmp_path, monkeypatch):
     import training.loop
 
     monkeypatch.setattr(training.loop, "Trainer", FakeTrainer)
-    from training import run_dir as run_lib
-
     run_lib.create_at(tmp_path / "tmp-config-only", partial.config)
     (partial.run_dir / "config.json").write_text(
         (tmp_path / "tmp-config-only" / "config.json").read_text())
     assert grid_lib.execute(done) is None and calls == []  # finished: skipped
     grid_lib.execute(partial)
     assert calls == [partial.run_dir, True]  # interrupted: resumed
+
+
+PPO_GRID = """
+name = "ppo"
+presets = ["minigrid_mt3_moore", "minigrid_mt3_mtppo"]
+seeds = 5
+batch_seeds = 2
+"""
+
+
+def _ppo_grid(tmp_path, text=PPO_GRID):
+    spec = grid_lib.load_spec(_spec(tmp_path, text))
+    return spec, grid_lib.expand(spec, tmp_path / "out")
+
+
+def _mark(run, status, step=None):
+    """Put a run on disk as `status`, the way the trainers leave it."""
+    run_lib.create_at(run.run_dir, run.config)
+    if status == "done":
+        (run.run_dir / "final.json").write_text("{}")
+    if step is not None:
+        (run.run_dir / "checkpoints" / str(step)).mkdir(parents=True)
+
+
+def test_batches_group_seeds_that_start_from_the_same_point(tmp_path):
+    spec, runs = _ppo_grid(tmp_path)
+    assert spec.batch_seeds == 2 and grid_lib.load_spec(SMOKE).batch_seeds == 1
+    moore = runs[:5]
+    _mark(moore[0], "done", 300)
+    _mark(moore[1], "partial", 100)
+    _mark(moore[2], "partial", 200)
+    _mark(moore[3], "partial", 100)
+    _mark(moore[4], "new")  # a dir killed before its first checkpoint: still new
+    assert [grid_lib.run_status(r) for r in moore] == ["done", "partial", "partial", "partial",
+                                                       "new"]
+    assert grid_lib.latest_checkpoint(moore[2]) == 200
+    assert grid_lib.latest_checkpoint(moore[4]) is None
+
+    def names(groups):
+        return [[r.name.removeprefix("minigrid_mt3_") for r in g] for g in groups]
+
+    # Done runs in no group; a group shares preset, status and checkpoint step; at most N.
+    assert names(grid_lib.batches(runs, 2)) == [
+        ["moore-s1", "moore-s3"], ["moore-s2"], ["moore-s4"],
+        ["mtppo-s0", "mtppo-s1"], ["mtppo-s2", "mtppo-s3"], ["mtppo-s4"]]
+    assert names(grid_lib.batches(runs, 10)) == [
+        ["moore-s1", "moore-s3"], ["moore-s2"], ["moore-s4"],
+        ["mtppo-s0", "mtppo-s1", "mtppo-s2", "mtppo-s3", "mtppo-s4"]]
+    assert [len(g) for g in grid_lib.batches(runs, 1)] == [1] * 9
+    # Interleaved presets: each group keeps the order of the run list.
+    assert names(grid_lib.batches([runs[5], runs[4], runs[6], runs[7]], 3)) == [
+        ["mtppo-s0", "mtppo-s1", "mtppo-s2"], ["moore-s4"]]
+    # Variants are groups of their own (their configs differ in more than the seed).
+    _, variants = _ppo_grid(tmp_path, 'presets = ["minigrid_mt3_mtppo"]\nseeds = 2\n'
+                            'batch_seeds = 4\n[variants.a]\n"ppo.epochs" = 2\n'
+                            '[variants.b]\n"ppo.epochs" = 3\n')
+    assert [[r.name for r in g] for g in grid_lib.batches(variants, 4)] == [
+        ["minigrid_mt3_mtppo-a-s0", "minigrid_mt3_mtppo-a-s1"],
+        ["minigrid_mt3_mtppo-b-s0", "minigrid_mt3_mtppo-b-s1"]]
+
+
+def _fake_train_runs(monkeypatch):
+    import training.train
+
+    calls = []
+
+    def train_runs(cfgs, runs, resume, show_progress):
+        calls.append(([c.seed for c in cfgs], [r.name for r in runs], resume))
+        return [{"step": c.seed} for c in cfgs]
+
+    monkeypatch.setattr(training.train, "train_runs", train_runs)
+    return calls
+
+
+def test_execute_group_trains_a_group_in_one_call(tmp_path, monkeypatch):
+    calls = _fake_train_runs(monkeypatch)
+    _, runs = _ppo_grid(tmp_path)
+    done, new, leftover, partial_a, partial_b = runs[:5]
+    _mark(done, "done")
+    _mark(leftover, "new")
+    (leftover.run_dir / "eval.jsonl").write_text('{"step": 0}\n')  # killed before a checkpoint
+    results = grid_lib.execute_group([done, new, leftover])
+    assert calls == [([1, 2], [new.name, leftover.name], False)]  # one call, done skipped
+    assert results == [None, {"step": 1}, {"step": 2}]
+    assert (new.run_dir / "config.json").is_file()
+    assert not (leftover.run_dir / "eval.jsonl").exists()
+
+    # Runs that no longer start from one point (killed between their saves) train in turn.
+    calls.clear()
+    _mark(partial_a, "partial", 64)
+    _mark(partial_b, "partial", 32)
+    assert grid_lib.execute_group([partial_a, partial_b]) == [{"step": 3}, {"step": 4}]
+    assert calls == [([3], [partial_a.name], True), ([4], [partial_b.name], True)]
+
+    # A run dir with another config is refused before anything trains.
+    calls.clear()
+    other = runs[6]
+    epochs = other.config.ppo.epochs + 1
+    run_lib.create_at(other.run_dir, dataclasses.replace(
+        other.config, ppo=dataclasses.replace(other.config.ppo, epochs=epochs)))
+    with pytest.raises(UsageError, match=r"mtppo-s1' exists with a different config \(ppo"):
+        grid_lib.execute_group([runs[5], other])
+    assert calls == [] and not runs[5].run_dir.exists()
+
+
+def test_local_worker_and_backend_run_one_process_per_group(tmp_path, monkeypatch, capsys):
+    calls = _fake_train_runs(monkeypatch)
+    spec, runs = _ppo_grid(tmp_path)
+    out = str(tmp_path / "out")
+    assert grid_lib._main([str(spec.path), out, runs[0].name, runs[1].name]) == 0
+    assert calls == [([0, 1], [runs[0].name, runs[1].name], False)]
+    assert grid_lib._main([str(spec.path), out, "nope-s0"]) == 2
+    assert "grid ppo has no run(s) nope-s0" in capsys.readouterr().err
+    for run in runs[:2]:
+        (run.run_dir / "final.json").write_text("{}")
+
+    started = []
+
+    class FakePopen:
+        returncode = 0
+
+        def __init__(self, cmd, **kwargs):
+            started.append((cmd[3:], kwargs["stdout"].name))
+
+        def poll(self):
+            return 0
+
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    codes = grid_lib.run_local(spec, runs, out, max_parallel=2)
+    logs = tmp_path / "out" / "ppo" / "logs"
+    assert started == [
+        ([str(spec.path), out, *(r.name for r in runs[2:4])], str(logs / f"{runs[2].name}+1.log")),
+        ([str(spec.path), out, runs[4].name], str(logs / f"{runs[4].name}.log")),
+        ([str(spec.path), out, *(r.name for r in runs[5:7])], str(logs / f"{runs[5].name}+1.log")),
+        ([str(spec.path), out, *(r.name for r in runs[7:9])], str(logs / f"{runs[7].name}+1.log")),
+        ([str(spec.path), out, runs[9].name], str(logs / f"{runs[9].name}.log"))]
+    assert codes == {r.name: 0 for r in runs[2:]}
+    assert "8 of 10 runs to do in 5 processes, 2 at a time" in capsys.readouterr().out
+
+
+# A PPO grid that trains in seconds (tests/test_ppo.py's tiny config, two short tasks).
+TINY_PPO = {"env.suite": "minigrid_custom",
+            "env.tasks": ["MiniGrid-LavaGapS5-v0", "MiniGrid-LavaGapS6-v0"],
+            "ppo.steps_per_task": 32, "ppo.envs_per_task": 4, "ppo.epochs": 2,
+            "ppo.num_minibatches": 2, "train.total_steps_per_task": 64,
+            "train.eval_every": 32, "train.checkpoint_every": 32, "eval.episodes": 2}
+
+
+def test_tiny_ppo_grid_trains_a_seed_batch_in_one_process(tmp_path):
+    spec = _spec(tmp_path, 'name = "tinyppo"\npresets = ["minigrid_mt3_mtppo"]\nseeds = 2\n'
+                 'batch_seeds = 2\n[overrides]\n' +
+                 "".join(f'"{k}" = {json.dumps(v)}\n' for k, v in TINY_PPO.items()))
+    cmd = [sys.executable, str(ROOT / "launch.py"), "grid", str(spec), "--out", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 of 2 runs to do in 1 process," in result.stdout
+    grid_dir = tmp_path / "tinyppo"
+    assert [p.name for p in (grid_dir / "logs").iterdir()] == ["minigrid_mt3_mtppo-s0+1.log"]
+    for seed in (0, 1):
+        run = grid_dir / f"minigrid_mt3_mtppo-s{seed}"
+        assert json.loads((run / "config.json").read_text())["seed"] == seed
+        steps = [json.loads(line)["step"] for line in (run / "eval.jsonl").read_text().splitlines()]
+        assert steps == [0, 32, 64] and json.loads((run / "final.json").read_text())["step"] == 64
+    assert "2 runs: 2 done" in result.stdout
 
 
 def test_tiny_grid_end_to_end_on_the_local_backend(tmp_path):

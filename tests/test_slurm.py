@@ -1,8 +1,8 @@
 """The Slurm backend (training/slurm.py): [slurm] table checks and the helpers without a
 cluster; then, on a real single-node Slurm started on localhost (tests/slurm_harness.py; skipped
-when slurm-wlm/munge are missing or cannot start), a tiny grid as a job array, and a run
-preempted mid-training that submitit checkpoints and requeues, and that resumes from its last
-orbax checkpoint."""
+when slurm-wlm/munge are missing or cannot start), a tiny grid as a job array, a PPO seed
+batch as one array task, and a run preempted mid-training that submitit checkpoints and
+requeues, and that resumes from its last orbax checkpoint."""
 
 import dataclasses
 import json
@@ -15,6 +15,7 @@ import pytest
 import submitit
 
 from tests.slurm_harness import LocalSlurm, SlurmUnavailable
+from tests.test_grid import TINY_PPO
 from tests.test_training import TINY
 from training import grid, slurm
 from training import run_dir as run_lib
@@ -24,11 +25,13 @@ OVERRIDES = {k.removeprefix("--"): v for k, v in zip(TINY[0:-1:2], TINY[1::2], s
 OVERRIDES.update({"env.suite": "custom", "env.tasks": "reach-v3"})
 
 
-def _spec(path, name, seeds=1, overrides=(), slurm_table=None):
+def _spec(path, name, seeds=1, overrides=(), slurm_table=None, preset="demo", base=OVERRIDES,
+          batch_seeds=1):
     table = {"partition": "debug", "cpus_per_task": 1, "timeout_min": 60}
     table.update(slurm_table or {})
-    lines = [f'name = "{name}"', 'presets = ["demo"]', f"seeds = {seeds}", "[overrides]"]
-    lines += [f'"{k}" = {json.dumps(v)}' for k, v in {**OVERRIDES, **dict(overrides)}.items()]
+    lines = [f'name = "{name}"', f'presets = ["{preset}"]', f"seeds = {seeds}",
+             f"batch_seeds = {batch_seeds}", "[overrides]"]
+    lines += [f'"{k}" = {json.dumps(v)}' for k, v in {**base, **dict(overrides)}.items()]
     lines += ["[slurm]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     (path / f"{name}.toml").write_text("\n".join(lines) + "\n")
     spec = grid.load_spec(path / f"{name}.toml")
@@ -129,16 +132,80 @@ def test_distributed_init_only_for_several_tasks(monkeypatch):
     assert slurm.maybe_initialize_distributed() is True and calls == [1]  # once
 
 
-def test_grid_job_checkpoint_resubmits_itself(tmp_path):
-    _, (run,) = _spec(tmp_path, "ck")
+def test_grid_job_checkpoint_resubmits_itself(tmp_path, capsys):
+    _, runs = _spec(tmp_path, "ck", seeds=2)
     job = slurm.GridJob()
-    delayed = job.checkpoint(run)
-    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
-    assert delayed.function is job and delayed.args == (run,)
-    path = tmp_path / "d.pkl"
-    delayed.dump(path)
-    again = submitit.helpers.DelayedSubmission.load(path)
-    assert isinstance(again.function, slurm.GridJob) and again.args[0] == run
+    for group in ([runs[0]], runs):
+        delayed = job.checkpoint(group)
+        assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+        assert delayed.function is job and delayed.args == (group,)
+        path = tmp_path / "d.pkl"
+        delayed.dump(path)
+        again = submitit.helpers.DelayedSubmission.load(path)
+        assert isinstance(again.function, slurm.GridJob) and again.args[0] == group
+    out = capsys.readouterr().out
+    assert "requeueing run demo-s0; it resumes from its last checkpoint (env step None)" in out
+    assert "requeueing runs demo-s0, demo-s1; they resume from their last checkpoints" in out
+
+
+def test_grid_job_trains_its_group_in_one_call(tmp_path, monkeypatch, capsys):
+    _, runs = _spec(tmp_path, "grp", seeds=3)
+    calls = []
+
+    def execute_group(group, show_progress):
+        calls.append([r.name for r in group])
+        return [None] + [{"step": 80, "mean_success": 0.5}] * (len(group) - 1)
+
+    monkeypatch.setattr(grid, "execute_group", execute_group)
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
+                "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    runs[0].run_dir.mkdir(parents=True)
+    (runs[0].run_dir / "final.json").write_text("{}")
+    assert slurm.GridJob()(runs)[1:] == [{"step": 80, "mean_success": 0.5}] * 2
+    assert calls == [["demo-s0", "demo-s1", "demo-s2"]]
+    out = capsys.readouterr().out
+    assert "job 42, attempt 1: run demo-s0" in out and "already done, nothing to do" in out
+    assert f"run demo-s2 ({runs[2].run_dir}): starting from step 0" in out
+    assert "run demo-s1 finished at env step 80: mean success 0.500" in out
+    assert "run demo-s0 finished" not in out
+
+
+def test_submit_one_array_task_per_seed_batch(tmp_path, monkeypatch, capsys):
+    """submit's side of batch_seeds, with submitit's executor replaced (no cluster needed)."""
+    spec, runs = _spec(tmp_path, "batch", seeds=3)
+    spec = dataclasses.replace(spec, batch_seeds=2)  # demo is SAC: grouping only, no training
+    submitted = []
+
+    class FakeExecutor:
+        def __init__(self, **kwargs):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def map_array(self, fn, groups):
+            submitted.extend(groups)
+            return [type("Job", (), {"job_id": f"7_{i}"}) for i in range(len(groups))]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    bin_dir = tmp_path / "bin"  # sbatch and srun found; no squeue: no jobs queued
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert slurm.submit(spec, runs) == ["7_0", "7_1"]
+    assert [[r.name for r in g] for g in submitted] == [["demo-s0", "demo-s1"], ["demo-s2"]]
+    assert all(r.run_dir.is_absolute() for g in submitted for r in g)
+    logs = tmp_path / "out" / "batch" / "slurm_logs"
+    jobs_tsv = (logs / "jobs.tsv").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in jobs_tsv] == [
+        ["7_0", "demo-s0"], ["7_0", "demo-s1"], ["7_1", "demo-s2"]]
+    out = capsys.readouterr().out
+    assert "submitted 3 run(s) in 2 array tasks as Slurm job 7" in out
+    assert re.search(r"7_0 +demo-s0\n +7_0 +demo-s1\n +7_1 +demo-s2", out), out
 
 
 # ---- on a local Slurm cluster ------------------------------------------------------------------
@@ -177,7 +244,7 @@ def test_grid_runs_as_a_job_array(cluster, tmp_path, capsys):
     for job_id, run in zip(ids, runs, strict=True):
         assert records[job_id]["JobState"] == "COMPLETED", _log(logs, job_id) + cluster.logs()
         assert json.loads((run.run_dir / "final.json").read_text())["step"] == 80
-        result = submitit.SlurmJob(folder=logs / "%j", job_id=job_id).result()
+        (result,) = submitit.SlurmJob(folder=logs / "%j", job_id=job_id).result()  # its group
         assert result["step"] == 80 and set(result["per_task"]) == {"reach-v3"}
         assert f"run {run.name} ({run.run_dir.resolve()}): starting from step 0" in \
             _log(logs, job_id)
@@ -185,6 +252,27 @@ def test_grid_runs_as_a_job_array(cluster, tmp_path, capsys):
     assert [line.split("\t")[:2] for line in jobs_tsv] == [[ids[0], "demo-s0"],
                                                            [ids[1], "demo-s1"]]
     assert slurm.submit(spec, runs) == []  # launched again: every run done, nothing submitted
+
+
+def test_seed_batch_runs_as_one_array_task(cluster, tmp_path, capsys):
+    spec, runs = _spec(tmp_path, "batch", seeds=3, preset="minigrid_mt3_mtppo", base=TINY_PPO,
+                       batch_seeds=2)
+    logs = tmp_path / "out" / "batch" / "slurm_logs"
+    ids = slurm.submit(spec, runs)
+    array = ids[0].split("_")[0]
+    assert ids == [f"{array}_0", f"{array}_1"]
+    assert re.search(rf"{array}_0 +\S+-s0\n +{array}_0 +\S+-s1\n +{array}_1 +\S+-s2",
+                     capsys.readouterr().out)
+    records = cluster.wait(ids, timeout=300)
+    for job_id, group in ((ids[0], runs[:2]), (ids[1], runs[2:])):
+        assert records[job_id]["JobState"] == "COMPLETED", _log(logs, job_id) + cluster.logs()
+        results = submitit.SlurmJob(folder=logs / "%j", job_id=job_id).result()
+        assert [r["step"] for r in results] == [64] * len(group)
+        for run in group:
+            assert f"run {run.name} ({run.run_dir.resolve()}): starting from step 0" in \
+                _log(logs, job_id)
+            assert json.loads((run.run_dir / "final.json").read_text())["step"] == 64
+    assert slurm.submit(spec, runs) == []
 
 
 def _wait_until(condition, what, logs, job_id, cluster, timeout=180):
@@ -213,8 +301,8 @@ def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_
         "train.checkpoint_every": str(every)})
     (job_id,) = slurm.submit(spec, [run])
     logs = tmp_path / "out" / "pre" / "slurm_logs"
-    seen = _wait_until(lambda: (slurm.latest_checkpoint(run) or 0) > 0 and
-                       slurm.latest_checkpoint(run), "checkpoint past step 0", logs, job_id,
+    seen = _wait_until(lambda: (grid.latest_checkpoint(run) or 0) > 0 and
+                       grid.latest_checkpoint(run), "checkpoint past step 0", logs, job_id,
                        cluster)
     signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True)
     assert signal.returncode == 0, f"could not signal the job: {signal.stderr}"
@@ -250,5 +338,5 @@ def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_
     steps = [r["step"] for r in run_lib.read_evals(run.run_dir)]
     assert steps == list(range(0, total + 1, 200))
     assert json.loads((run.run_dir / "final.json").read_text())["step"] == total
-    result = submitit.SlurmJob(folder=logs / "%j", job_id=job_id).result()
+    (result,) = submitit.SlurmJob(folder=logs / "%j", job_id=job_id).result()
     assert result["step"] == total

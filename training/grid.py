@@ -6,6 +6,7 @@ A spec is TOML (read with the standard library's tomllib):
     name = "moore_mt10"                    # the grid's folder under --out (default: runs)
     presets = ["mt10_moore", "mt10_mtsac"]
     seeds = 10                             # or an explicit list: [0, 1, 2]
+    batch_seeds = 1                        # seeds per process (default 1); > 1: PPO, jax envs
     [overrides]                            # applied to every run
     "train.total_steps_per_task" = 2000000
     [variants.v1rewards]                   # optional; each variant is one more axis value
@@ -20,6 +21,11 @@ A spec is TOML (read with the standard library's tomllib):
 Run names are `<preset>[-<variant>]-s<seed>`: stable across expansions, so a grid launched
 again finds its runs, skips the finished ones (final.json present) and resumes the others
 from their last checkpoint.
+
+`batch_seeds = N` trains up to N seeds of one preset and variant together, vmapped in one
+process (one local subprocess, one Slurm array task): `batches` groups the unfinished runs
+whose configs differ only in the seed and that resume from the same point, since the PPO
+trainer restores a batch from one common env step.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from training import config as config_lib
 from training import run_dir as run_lib
 from training.errors import UsageError
 
-_TOP_KEYS = {"name", "presets", "seeds", "overrides", "variants", "slurm", "local"}
+_TOP_KEYS = {"name", "presets", "seeds", "batch_seeds", "overrides", "variants", "slurm",
+             "local"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class GridSpec:
     path: Path
     presets: tuple[str, ...]
     seeds: tuple[int, ...]
+    batch_seeds: int = 1  # runs (seeds) trained together in one process
     overrides: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # variant name -> overrides; {} = none
     slurm: dict = field(default_factory=dict)
@@ -81,6 +89,11 @@ def load_spec(path: str | Path) -> GridSpec:
             isinstance(s, int) and s >= 0 for s in seeds):
         raise UsageError(f"grid spec '{path}': 'seeds' must be a count or a non-empty list of "
                          "non-negative integers")
+    batch_seeds = data.get("batch_seeds", 1)
+    if not isinstance(batch_seeds, int) or isinstance(batch_seeds, bool) or batch_seeds < 1:
+        raise UsageError(f"grid spec '{path}': 'batch_seeds' must be an integer >= 1 (seeds "
+                         f"trained together in one process; 1 = one per process), got "
+                         f"{batch_seeds!r}")
     for key in ("overrides", "variants", "slurm", "local"):
         if not isinstance(data.get(key, {}), dict):
             raise UsageError(f"grid spec '{path}': '{key}' must be a table")
@@ -89,7 +102,8 @@ def load_spec(path: str | Path) -> GridSpec:
             raise UsageError(f"grid spec '{path}': variant '{variant}' must be a table of "
                              "overrides")
     return GridSpec(name=str(data.get("name", path.stem)), path=path, presets=tuple(presets),
-                    seeds=tuple(seeds), overrides=dict(data.get("overrides", {})),
+                    seeds=tuple(seeds), batch_seeds=batch_seeds,
+                    overrides=dict(data.get("overrides", {})),
                     variants=dict(data.get("variants", {})), slurm=dict(data.get("slurm", {})),
                     local=dict(data.get("local", {})))
 
@@ -122,17 +136,59 @@ def expand(spec: GridSpec, out: str | Path = "runs") -> list[GridRun]:
                 runs.append(GridRun(name, cfg, Path(out) / spec.name / name))
     if not runs:
         raise UsageError(f"grid spec '{spec.path}' expands to no runs")
+    _check_batchable(spec.batch_seeds, runs)
     return runs
+
+
+def _check_batchable(batch_seeds: int, runs: list[GridRun]) -> None:
+    """Only PPO on the device trains several seeds in one process (train.check_seed_batch)."""
+    if batch_seeds == 1:
+        return
+    for run in runs:
+        cfg = run.config
+        why = f"algo {cfg.algo}" if cfg.algo != "ppo" else \
+            f"env.backend {cfg.env.backend}" if cfg.env.backend != "jax" else ""
+        if why:
+            raise UsageError(f"batch_seeds {batch_seeds} needs algo ppo on env.backend jax; "
+                             f"run {run.name} uses {why}")
+
+
+def latest_checkpoint(run: GridRun) -> int | None:
+    """The env step of the run's last checkpoint (orbax names its folders by step), or None."""
+    checkpoints = run.run_dir / "checkpoints"
+    steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] \
+        if checkpoints.is_dir() else []
+    return max(steps) if steps else None
 
 
 def run_status(run: GridRun) -> str:
     """'done' (final.json written), 'partial' (a checkpoint to resume from), or 'new'."""
     if (run.run_dir / "final.json").is_file():
         return "done"
-    checkpoints = run.run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
-        return "partial"
-    return "new"
+    return "partial" if latest_checkpoint(run) is not None else "new"
+
+
+def batches(runs: list[GridRun], batch_seeds: int) -> list[list[GridRun]]:
+    """The runs not done, in groups of at most `batch_seeds` that can train together.
+
+    A group's configs differ only in the seed, and its runs start from the same point (all
+    new, or all partial with their last checkpoint at the same step). Runs keep the order of
+    `runs`, within and across groups (a group sits where its first run is).
+    """
+    if batch_seeds < 1:
+        raise ValueError(f"batch_seeds must be >= 1, got {batch_seeds}")
+    groups: list[tuple[tuple[str, int | None], list[GridRun]]] = []  # (start point, runs)
+    for run in runs:
+        start = run_status(run), latest_checkpoint(run)
+        if start[0] == "done":
+            continue
+        group = next((g for s, g in groups if len(g) < batch_seeds and s == start and
+                      set(config_lib.diff(g[0].config, run.config)) <= {"seed"}), None)
+        if group is None:
+            group = []
+            groups.append((start, group))
+        group.append(run)
+    return [g for _, g in groups]
 
 
 def last_eval(run: GridRun) -> dict | None:
@@ -140,29 +196,53 @@ def last_eval(run: GridRun) -> dict | None:
     return records[-1] if records else None
 
 
-def execute(run: GridRun, show_progress: bool = False) -> dict | None:
-    """Train the run to completion in this process: skip if done, resume if partial.
-
-    A run directory left without a checkpoint (killed before its first save) is trained
-    from the start again; its config must equal the grid's.
-    """
-    status = run_status(run)
-    if status == "done":
-        return None
+def check_config(run: GridRun) -> None:
+    """Refuse an existing run directory whose config is not the grid's."""
     if run.run_dir.exists():
-        saved = run_lib.load_config(run.run_dir)
-        changed = config_lib.diff(saved, run.config)
+        changed = config_lib.diff(run_lib.load_config(run.run_dir), run.config)
         if changed:
             raise UsageError(f"run '{run.run_dir}' exists with a different config "
                              f"({', '.join(changed)}); move it away or restore the spec")
-        if status == "new":
-            (run.run_dir / "eval.jsonl").unlink(missing_ok=True)
-    else:
+
+
+def _prepare(run: GridRun) -> None:
+    """Make the run directory ready to train into (its config already checked).
+
+    A run directory left without a checkpoint (killed before its first save) is trained
+    from the start again, so its evaluations are dropped."""
+    if not run.run_dir.exists():
         run_lib.create_at(run.run_dir, run.config)
+    elif run_status(run) == "new":
+        (run.run_dir / "eval.jsonl").unlink(missing_ok=True)
+
+
+def execute(run: GridRun, show_progress: bool = False) -> dict | None:
+    """Train one run to completion in this process (see `execute_group`)."""
+    return execute_group([run], show_progress)[0]
+
+
+def execute_group(runs: list[GridRun], show_progress: bool = False) -> list[dict | None]:
+    """Train the runs to completion in this process, together: skip the done ones, resume the
+    partial ones; -> each run's last evaluation record (None for a run already done).
+
+    The runs are meant to be one group of `batches`. If they no longer start from one point
+    (a job killed between the runs' checkpoint saves), each consistent subgroup trains in
+    turn rather than fail: every run still finishes.
+    """
     from training.train import train_runs
 
-    return train_runs([run.config], [run.run_dir], resume=status == "partial",
-                      show_progress=show_progress)[0]
+    groups = batches(runs, max(len(runs), 1))
+    for run in (run for group in groups for run in group):  # refused before any training
+        check_config(run)
+    results: dict[str, dict] = {}
+    for group in groups:
+        resume = run_status(group[0]) == "partial"
+        for run in group:
+            _prepare(run)
+        records = train_runs([r.config for r in group], [r.run_dir for r in group],
+                             resume=resume, show_progress=show_progress)
+        results.update(zip((r.name for r in group), records, strict=True))
+    return [results.get(run.name) for run in runs]
 
 
 def status_table(runs: list[GridRun]) -> str:
@@ -208,61 +288,81 @@ def local_parallelism(spec: GridSpec, max_parallel: int | None = None) -> tuple[
     return slots, [None] * slots
 
 
+def log_name(group: list[GridRun]) -> str:
+    """The local backend's log file of a group: `<run>.log` for one run, `<first run>+<k>.log`
+    for a group of the first run and k more (each launch may group differently)."""
+    first = group[0].name
+    return f"{first}.log" if len(group) == 1 else f"{first}+{len(group) - 1}.log"
+
+
 def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
               max_parallel: int | None = None) -> dict[str, int]:
-    """Run the grid's unfinished runs as subprocesses, several at once; returns exit codes.
+    """Run the grid's unfinished runs as subprocesses, several at once; returns each run's
+    exit code (a group's code for each of its runs).
 
-    Each run's output goes to <out>/<grid>/logs/<run>.log. A failed run does not stop the
-    others; launching the grid again resumes whatever did not finish."""
+    One subprocess per group of `batches` (one run unless `batch_seeds` > 1); its output goes
+    to <out>/<grid>/logs/`log_name(group)`. A failed group does not stop the others; launching
+    the grid again resumes whatever did not finish."""
     import os
     import subprocess
     import sys
     import time
 
-    pending = [r for r in runs if run_status(r) != "done"]
+    pending = batches(runs, spec.batch_seeds)
+    todo = sum(len(g) for g in pending)
     slots, devices = local_parallelism(spec, max_parallel)
     log_dir = Path(out) / spec.name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent
-    active: dict[int, tuple[GridRun, subprocess.Popen, object]] = {}
+    active: dict[int, tuple[list[GridRun], subprocess.Popen, object]] = {}
     codes: dict[str, int] = {}
-    print(f"grid {spec.name}: {len(pending)} of {len(runs)} runs to do, {slots} at a time; "
-          f"logs in {log_dir}", flush=True)
+    processes = f" in {len(pending)} process{'es' * (len(pending) > 1)}" \
+        if len(pending) != todo else ""
+    print(f"grid {spec.name}: {todo} of {len(runs)} runs to do{processes}, {slots} at a "
+          f"time; logs in {log_dir}", flush=True)
     while pending or active:
         for slot in range(slots):
             if slot in active or not pending:
                 continue
-            run = pending.pop(0)
+            group = pending.pop(0)
             env = dict(os.environ)
             if devices[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = devices[slot]
-            log = open(log_dir / f"{run.name}.log", "a")  # closed when the run ends
+            log = open(log_dir / log_name(group), "a")  # closed when the process ends
             proc = subprocess.Popen(
-                [sys.executable, "-m", "training.grid", str(spec.path), str(out), run.name],
+                [sys.executable, "-m", "training.grid", str(spec.path), str(out),
+                 *(r.name for r in group)],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-            active[slot] = (run, proc, log)
-            print(f"  started {run.name}", flush=True)
+            active[slot] = (group, proc, log)
+            print(f"  started {_names(group)}", flush=True)
         time.sleep(0.5)
-        for slot, (run, proc, log) in list(active.items()):
+        for slot, (group, proc, log) in list(active.items()):
             if proc.poll() is None:
                 continue
             log.close()
-            codes[run.name] = proc.returncode
+            codes.update((r.name, proc.returncode) for r in group)
             del active[slot]
             state = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-            print(f"  {state}: {run.name}", flush=True)
+            print(f"  {state}: {_names(group)}", flush=True)
     return codes
 
 
+def _names(group: list[GridRun]) -> str:
+    return ", ".join(r.name for r in group)
+
+
 def _main(argv: list[str]) -> int:
-    """Worker entry point of the local backend: train one run of a grid."""
+    """Worker entry point of the local backend: train runs of a grid (one group) together."""
     import sys
 
-    spec_path, out, name = argv
+    spec_path, out, *names = argv
     try:
         spec = load_spec(spec_path)
-        (run,) = [r for r in expand(spec, out) if r.name == name]
-        execute(run)
+        by_name = {r.name: r for r in expand(spec, out)}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise UsageError(f"grid {spec.name} has no run(s) {', '.join(unknown)}")
+        execute_group([by_name[n] for n in names])
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

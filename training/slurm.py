@@ -1,15 +1,16 @@
 """Run a grid on Slurm through submitit: one job array over the runs that are not done.
 
-Each array task trains one run in-process with `grid.execute`, which skips a finished run,
-resumes a partial one from its last orbax checkpoint, or starts a new one. That makes every
-restart of a task safe:
+Each array task trains one group of runs in-process with `grid.execute_group`: one run, or
+with the spec's `batch_seeds = N` up to N seeds of one preset trained together (`grid.batches`).
+It skips finished runs, resumes partial ones from their last orbax checkpoint, and starts new
+ones. That makes every restart of a task safe:
 
 - preemption or time-out: Slurm signals the task (submitit asks for SIGUSR2 `signal_delay_s`
   seconds before the time limit), submitit's handler calls `GridJob.checkpoint`, which
-  resubmits the same call, and requeues the task with `scontrol requeue`. The run's own
+  resubmits the same call, and requeues the task with `scontrol requeue`. The runs' own
   checkpoints are the state, so nothing else is saved; the requeued task resumes from the
-  last one (taken every `train.checkpoint_every` env steps). Time-outs are requeued at most
-  `max_num_timeout` times; preemptions always.
+  last one (taken every `train.checkpoint_every` env steps, by a group's runs together).
+  Time-outs are requeued at most `max_num_timeout` times; preemptions always.
 - a requeue that never reaches Python (node failure, `scontrol requeue`, a cluster whose
   preemption sends only SIGTERM): the job is submitted with `--requeue` and its restart
   also resumes from the last checkpoint.
@@ -27,7 +28,7 @@ The spec's `[slurm]` table (all keys optional):
     reservation = "..."          # any other key: passed to sbatch as --reservation=...
 
 Logs (stdout, stderr, submitit's pickles) go to `<out>/<grid>/slurm_logs/<job id>/`, and
-`slurm_logs/jobs.tsv` maps each job id to its run.
+`slurm_logs/jobs.tsv` maps each job id to its run(s), one line per run.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ from pathlib import Path
 
 import submitit
 
-from training import config as config_lib
 from training import grid
-from training import run_dir as run_lib
 from training.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,46 +168,46 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
-def latest_checkpoint(run: grid.GridRun) -> int | None:
-    checkpoints = run.run_dir / "checkpoints"
-    steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] \
-        if checkpoints.is_dir() else []
-    return max(steps) if steps else None
-
-
 def _log(message: str) -> None:
     print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}", flush=True)
 
 
 class GridJob(submitit.helpers.Checkpointable):
-    """What one array task runs: `grid.execute(run)`, resumable at any point.
+    """What one array task runs: `grid.execute_group(runs)`, resumable at any point.
 
     `checkpoint()` is submitit's hook on preemption/time-out: it returns the same call, to
-    run again after the requeue. The run directory's orbax checkpoints hold the training
+    run again after the requeue. The run directories' orbax checkpoints hold the training
     state, so the new attempt resumes from the last one; nothing else needs saving.
     """
 
-    def __call__(self, run: grid.GridRun) -> dict | None:
+    def __call__(self, runs: list[grid.GridRun]) -> list[dict | None]:
         maybe_initialize_distributed()
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else \
             os.environ.get("SLURM_JOB_ID", "?")
         attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0) + 1
-        status = grid.run_status(run)
-        what = {"done": "already done, nothing to do",
-                "partial": f"resuming from the checkpoint at env step {latest_checkpoint(run)}",
-                "new": "starting from step 0"}[status]
-        _log(f"job {job}, attempt {attempt}: run {run.name} ({run.run_dir}): {what}")
-        result = grid.execute(run, show_progress=False)
-        if result is not None:
-            _log(f"run {run.name} finished at env step {result['step']}: "
-                 f"mean success {result['mean_success']:.3f}")
-        return result
+        for run in runs:
+            what = {"done": "already done, nothing to do",
+                    "partial": "resuming from the checkpoint at env step "
+                               f"{grid.latest_checkpoint(run)}",
+                    "new": "starting from step 0"}[grid.run_status(run)]
+            _log(f"job {job}, attempt {attempt}: run {run.name} ({run.run_dir}): {what}")
+        results = grid.execute_group(runs, show_progress=False)
+        for run, result in zip(runs, results, strict=True):
+            if result is not None:
+                _log(f"run {run.name} finished at env step {result['step']}: "
+                     f"mean success {result['mean_success']:.3f}")
+        return results
 
-    def checkpoint(self, run: grid.GridRun):
-        _log(f"preempted or timed out: requeueing run {run.name}; it resumes from its last "
-             f"checkpoint (env step {latest_checkpoint(run)})")
-        return submitit.helpers.DelayedSubmission(self, run)
+    def checkpoint(self, runs: list[grid.GridRun]):
+        steps = ", ".join(str(grid.latest_checkpoint(r)) for r in runs)
+        if len(runs) == 1:
+            _log(f"preempted or timed out: requeueing run {runs[0].name}; it resumes from its "
+                 f"last checkpoint (env step {steps})")
+        else:
+            _log(f"preempted or timed out: requeueing runs {', '.join(r.name for r in runs)}; "
+                 f"they resume from their last checkpoints (env steps {steps})")
+        return submitit.helpers.DelayedSubmission(self, runs)
 
 
 def _active_jobs(job_name: str) -> list[str]:
@@ -222,20 +221,18 @@ def _active_jobs(job_name: str) -> list[str]:
 
 def submit(spec: grid.GridSpec, runs: list[grid.GridRun],
            log_dir: Path | None = None) -> list[str]:
-    """Submit the runs that are not done as one Slurm job array; returns the job ids
-    (`<array id>_<index>`, or a plain id for a single run), [] when every run is done.
+    """Submit the runs that are not done as one Slurm job array, one task per group of
+    `grid.batches` (one run unless the spec's `batch_seeds` > 1); returns the tasks' job ids
+    (`<array id>_<index>`, or a plain id for a single task), [] when every run is done.
 
     Logs go to `log_dir` (default `<out>/<grid>/slurm_logs`), one folder per job id.
     """
     params, max_num_timeout = executor_parameters(spec.slurm)
-    todo = [dataclasses.replace(r, run_dir=r.run_dir.resolve()) for r in runs
-            if grid.run_status(r) != "done"]
-    for run in todo:  # what grid.execute would refuse in the job, refused now
-        if run.run_dir.exists():
-            changed = config_lib.diff(run_lib.load_config(run.run_dir), run.config)
-            if changed:
-                raise UsageError(f"run '{run.run_dir}' exists with a different config "
-                                 f"({', '.join(changed)}); move it away or restore the spec")
+    groups = grid.batches([dataclasses.replace(r, run_dir=r.run_dir.resolve()) for r in runs],
+                          spec.batch_seeds)
+    todo = [run for group in groups for run in group]
+    for run in todo:  # what grid.execute_group would refuse in the job, refused now
+        grid.check_config(run)
     if not todo:
         print(f"grid {spec.name}: all {len(runs)} runs are done; nothing to submit")
         return []
@@ -258,7 +255,7 @@ def submit(spec: grid.GridSpec, runs: list[grid.GridRun],
         raise UsageError(f"[slurm]: {str(e).splitlines()[0]}") from None
     before = set(log_dir.iterdir())
     try:
-        jobs = executor.map_array(GridJob(), todo)
+        jobs = executor.map_array(GridJob(), groups)
     except submitit.core.utils.FailedJobError as e:
         for path in set(log_dir.iterdir()) - before:  # the refused array's pickles and script
             if path.is_file():
@@ -267,14 +264,18 @@ def submit(spec: grid.GridSpec, runs: list[grid.GridRun],
         raise UsageError(f"sbatch refused the job array: {lines[-1] if lines else e}") \
             from None
     ids = [job.job_id for job in jobs]
+    task_runs = [(job_id, run) for job_id, group in zip(ids, groups, strict=True)
+                 for run in group]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     with open(log_dir / "jobs.tsv", "a") as f:
-        for job_id, run in zip(ids, todo, strict=True):
+        for job_id, run in task_runs:
             f.write(f"{job_id}\t{run.name}\t{run.run_dir}\t{stamp}\n")
     skipped = len(runs) - len(todo)
-    print(f"grid {spec.name}: submitted {len(todo)} run(s) as Slurm job "
+    tasks = f" in {len(groups)} array task{'s' * (len(groups) > 1)}" \
+        if len(groups) != len(todo) else ""
+    print(f"grid {spec.name}: submitted {len(todo)} run(s){tasks} as Slurm job "
           f"{ids[0].split('_')[0]}" + (f" ({skipped} done, skipped)" if skipped else ""))
-    for job_id, run in zip(ids, todo, strict=True):
+    for job_id, run in task_runs:
         print(f"  {job_id:<14} {run.name}")
     print(f"logs: {log_dir}/<job id>/<job id>_0_log.out (and .err); "
           f"job ids per run in {log_dir / 'jobs.tsv'}")
