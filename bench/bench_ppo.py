@@ -111,7 +111,7 @@ def main():
         for (backend, k), t, rate in zip(rows, times, rates, strict=True):
             lines.append(f"| {preset} | {arch}, {num_tasks} | {backend} | {k} | {t:.2f} | "
                          f"{rate:,.0f} | {rate / rates[0]:.2f}x |")
-        print(lines[-len(rows):], flush=True)
+        print("\n".join(lines[-len(rows):]), flush=True)
     lines.append(f"\nScript runtime {time.perf_counter() - start:.0f} s.")
     text = "\n".join(lines)
     print(text)

@@ -56,10 +56,12 @@ class Crossing(SquareGridEnv):
         grids[:, n - 2, n - 2] = GOAL_CELL
         for subset in range(len(grids)):
             for c in range(2 * per_dir):
+                if not subset >> c & 1:
+                    continue
                 position = 2 + 2 * (c % per_dir)
-                if subset >> c & 1 and c < per_dir:
+                if c < per_dir:
                     grids[subset, position, 1:n - 1] = river
-                elif subset >> c & 1:
+                else:
                     grids[subset, 1:n - 1, position] = river
         return grids
 
