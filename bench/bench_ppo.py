@@ -7,7 +7,8 @@ warm-up iteration, median of alternating rounds (this machine is noisy):
 
 - gym: `env.backend gym`, one seed: minigrid's envs stepped on the host, one jitted policy
   call per step, then the jitted update (training/ppo_loop.py's `_gym_chunk`);
-- jax xN: `env.backend jax`, N seeds vmapped in one jitted `lax.scan` of whole iterations.
+- jax xN: `env.backend jax`, N seeds vmapped (one seed: unbatched, as the trainer runs it) in
+  one jitted `lax.scan` of whole iterations.
 
     python bench/bench_ppo.py [--preset minigrid_mt3_moore[,minigrid_mt7_moore,..]] [--seeds 1,4]
                               [--quick] [--write]
@@ -55,11 +56,12 @@ def gym_run(cfg):
 def jax_run(cfg, seeds: int):
     """A zero-argument function running one PPO iteration of `seeds` seeds on the device."""
     from agents.ppo.train import make_ppo
+    from training.ppo_loop import over_seeds
 
     ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     holder = {"state": jax.jit(jax.vmap(ppo.init))(keys)}
-    train = jax.jit(jax.vmap(functools.partial(ppo.train_updates, num_updates=1)),
+    train = jax.jit(over_seeds(functools.partial(ppo.train_updates, num_updates=1), seeds),
                     donate_argnums=0)
 
     def run():
