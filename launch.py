@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read eval.jsonl of every run and write tables (Markdown, CSV, LaTeX) and "
                     "figures (PNG).")
     report.add_argument("paths", nargs="+", help="grid folders or run directories")
-    report.add_argument("--out", help="output folder (default: <grid>/report or ./report)")
+    report.add_argument("--out", help="output folder (default: <grid>/report or ./report; "
+                        "report_return for --metric return)")
     report.add_argument("--metric", default="success",
                         help="per-task score to report: success (default; success rate in %%) "
                              "or return (mean undiscounted episode return)")

@@ -385,3 +385,15 @@ def test_offline_references_only_beside_offline_runs():
                                               "MTBC (sub-optimal data)"}
     assert not any(r.get("setting") == "offline" for r in load_references("mt50"))
     assert load_references("mt10", setting="offline") == []
+
+
+def test_default_output_folder_is_per_metric(tmp_path):
+    grid = tmp_path / "grid"
+    for seed in (0, 1):
+        _write_run(grid / f"r{seed}", get_preset("mt10_moore", seed=seed),
+                   [_record(0, (1.0, 0.0))])
+    report([str(grid)])
+    success = (grid / "report" / "summary.csv").read_text()
+    report([str(grid)], metric="return")
+    assert (grid / "report_return" / "summary.csv").is_file()
+    assert (grid / "report" / "summary.csv").read_text() == success

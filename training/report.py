@@ -635,7 +635,8 @@ def report(paths: list[str], out: str | None = None, reps: int = DEFAULT_REPS,
     """Write tables and figures for the runs under `paths` to `out`; return the Markdown.
 
     `metric` is a key of METRICS. `out` defaults to `<first path>/report` when the first path
-    is a grid folder, else `./report`. Bad input is a one-line UsageError.
+    is a grid folder, else `./report`, with `_<metric>` appended for any metric but success (so
+    a return report never overwrites the success one). Bad input is a one-line UsageError.
     """
     metric = get_metric(metric)
     dirs, first_is_grid = _run_dirs(list(paths))
@@ -648,8 +649,9 @@ def report(paths: list[str], out: str | None = None, reps: int = DEFAULT_REPS,
     references = [_reference_row(r) for r in published] if metric.references else []
     summary = [_summarise(m, metric, reps, seed) for m in methods] + references
 
+    default_name = "report" if metric.key == "success" else f"report_{metric.key}"
     out_dir = Path(out) if out is not None else (
-        Path(paths[0]) / "report" if first_is_grid else Path("report"))
+        Path(paths[0]) / default_name if first_is_grid else Path(default_name))
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"report: --out '{out_dir}' exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
