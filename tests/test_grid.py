@@ -68,6 +68,7 @@ def test_duplicate_runs_are_refused(tmp_path):
     ('presets = []\n', "'presets' must be a non-empty list"),
     ('presets = ["demo"]\nseeds = 0\n', "'seeds' must be >= 1"),
     ('presets = ["demo"]\nseedz = 3\n', "unknown key(s) seedz"),
+    ('[[reference]]\nsuite = "mt10"\n', "is a table of published results"),
     ('presets = ["demo"]\n[overrides]\n"network.arch" = "nope"\n', "unknown network.arch 'nope'"),
     ('presets = ["demo"]\nbatch_seeds = 0\n', "'batch_seeds' must be an integer >= 1"),
     ('presets = ["demo"]\nbatch_seeds = "4"\n', "1 = one per process), got '4'"),

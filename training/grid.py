@@ -73,6 +73,9 @@ def load_spec(path: str | Path) -> GridSpec:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"grid spec '{path}' is not valid TOML: {e}") from None
     unknown = set(data) - _TOP_KEYS
+    if "reference" in unknown:
+        raise UsageError(f"'{path}' is a table of published results (read by `launch.py "
+                         f"report`), not a grid spec")
     if unknown:
         raise UsageError(f"grid spec '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
                          f"valid: {', '.join(sorted(_TOP_KEYS))}")
