@@ -54,8 +54,9 @@ def over_seeds(fn, count: int):
     """`fn` mapped over a leading seed axis of length `count` (all arguments and results).
 
     One seed is run unbatched: on the CPU, `jax.vmap` over an axis of one made a MiniGrid PPO
-    iteration 25 % slower (MT3 MOORE, 2.48 s against 1.98 s; bench/bench_ppo.py), while at two
-    seeds and more the vmapped iteration costs about what two unbatched ones do."""
+    iteration 25 % slower (MT3 MOORE, 2.48 s against 1.98 s, timed side by side with training
+    paused; BENCHMARKS.md), while at two seeds and more the vmapped iteration costs about what
+    the unbatched ones do."""
     if count != 1:
         return jax.vmap(fn)
 
