@@ -39,7 +39,7 @@ Outputs (in `out`): report.md, per_task.csv, summary.csv, per_task.tex, summary.
 (booktabs), curves.png (IQM of the metric vs env steps per task with the 95 % CI band) and
 per_task.png (mean per task, error bars = min/max over seeds). For `--metric success` the
 summary also lists published numbers for the report's suite from
-experiments/reference_results.toml, labelled "reference: <method> (<source>)"; they were not
+training/reference_results.toml, labelled "reference: <method> (<source>)"; they were not
 re-run here and their protocols differ.
 """
 
@@ -58,7 +58,7 @@ from training import config as config_lib
 from training import run_dir as run_lib
 from training.errors import UsageError
 
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "experiments" / "reference_results.toml"
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference_results.toml"
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
