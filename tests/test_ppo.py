@@ -234,3 +234,35 @@ def test_on_device_training_improves_return_on_an_easy_task(tmp_path):
     (run,), _ = _train([cfg], tmp_path)
     first, last = _evals(run)
     assert last["mean_return"] > first["mean_return"] + 0.3, (first, last)
+
+
+def test_evaluation_tells_timeouts_from_terminal_failures():
+    """A policy that always says 'done' times out every episode; one that always walks forward
+    on LavaGap (agent at (1, 1) facing the lava column) dies in the lava unless the gap is in
+    its row, and then times out against the wall: never a success, some timeouts, not all.
+    Both backends."""
+    from agents.ppo.train import make_ppo
+    from training.ppo_loop import gym_evaluate
+
+    tasks = TINY_TASKS
+    ppo = make_ppo(PPOConfig(), NetworkConfig(arch="mtmlp", encoder="cnn", hidden_sizes=(8,)),
+                   tasks)
+    params = ppo.init(jax.random.PRNGKey(0)).learner.actor_params
+
+    def always(action):  # the output layer's kernel zeroed, its bias all on `action`
+        def pin(path, x):
+            if x.shape[-1] != 7:
+                return x
+            is_bias = "bias" in jax.tree_util.keystr(path[-1:])
+            return x * 0 + 100.0 * (jnp.arange(7) == action) if is_bias else x * 0
+        return jax.tree_util.tree_map_with_path(pin, params)
+
+    evaluate = jax.jit(lambda p, k: ppo.evaluate(p, k, episodes=16))
+    policy = jax.jit(ppo.policy, static_argnums=3)
+    for name, outcome in (("jax", lambda p: evaluate(p, jax.random.PRNGKey(1))),
+                          ("gym", lambda p: gym_evaluate(policy, p, tasks, jax.random.PRNGKey(1),
+                                                         16, False))):
+        returns, successes, timeouts = (np.asarray(x) for x in outcome(always(6)))
+        assert timeouts.all() and not successes.any() and not returns.any(), name
+        _, successes, timeouts = (np.asarray(x) for x in outcome(always(2)))
+        assert not successes.any() and 0 < timeouts.mean() < 1, (name, timeouts)

@@ -68,11 +68,15 @@ def over_seeds(fn, count: int):
 
 
 def evaluation_record(suite: str, deterministic: bool, names, step: int, updates: int, returns,
-                      successes) -> dict:
-    """eval.jsonl's record (the Meta-World loop's format) from (T, episodes) arrays."""
+                      successes, timeouts) -> dict:
+    """eval.jsonl's record (the Meta-World loop's format) from (T, episodes) arrays, plus each
+    task's timeout fraction (episodes cut at max_steps; the rest of the failures ended in a
+    terminal state such as lava)."""
     returns, successes = np.asarray(returns, np.float64), np.asarray(successes, bool)
+    timeouts = np.asarray(timeouts, bool)
     per_task = {name: {"success": float(successes[t].mean()), "return": float(returns[t].mean()),
-                       "episodes": int(returns.shape[1])} for t, name in enumerate(names)}
+                       "timeout": float(timeouts[t].mean()), "episodes": int(returns.shape[1])}
+                for t, name in enumerate(names)}
     return {"step": step, "suite": suite, "updates": updates,
             "deterministic": deterministic, "mean_success": float(successes.mean()),
             "mean_return": float(returns.mean()), "per_task": per_task}
@@ -221,18 +225,19 @@ class PPOTrainer:
         """Evaluate every seed on fresh envs; append to eval.jsonl and tensorboard."""
         keys = jnp.stack([eval_key(s, self.step) for s in self.seeds])
         if self.cfg.env.backend == "gym":
-            returns, successes = gym_evaluate(self._policy, self._slice(0).learner.actor_params,
-                                              self.names, keys[0], self.cfg.eval.episodes,
-                                              self.cfg.eval.deterministic)
-            returns, successes = returns[None], successes[None]
+            outcomes = gym_evaluate(self._policy, self._slice(0).learner.actor_params,
+                                    self.names, keys[0], self.cfg.eval.episodes,
+                                    self.cfg.eval.deterministic)
+            returns, successes, timeouts = (x[None] for x in outcomes)
         else:
-            returns, successes = jax.device_get(
+            returns, successes, timeouts = jax.device_get(
                 self._evaluate(self.state.learner.actor_params, keys))
         updates = self.step // self.cfg.ppo.steps_per_task
         records = []
         for i, (run, w) in enumerate(zip(self.runs, writers, strict=True)):
             record = evaluation_record(self.cfg.env.suite, self.cfg.eval.deterministic,
-                                       self.names, self.step, updates, returns[i], successes[i])
+                                       self.names, self.step, updates, returns[i], successes[i],
+                                       timeouts[i])
             run_lib.append_eval(run, record)
             w.add_scalar("eval/mean_success", record["mean_success"], self.step)
             w.add_scalar("eval/mean_return", record["mean_return"], self.step)
@@ -296,21 +301,24 @@ def _index(tree, i: int):
 
 def gym_evaluate(policy, actor_params, names, key, episodes: int, deterministic: bool):
     """`episodes` fresh minigrid episodes per task, side by side, each run once.
-    `policy` is the jitted `PPO.policy`. -> (returns, successes), each (T, episodes)."""
+    `policy` is the jitted `PPO.policy`. -> (returns, successes, timeouts), each
+    (T, episodes), as `PPO.evaluate`."""
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     env = GymMultiTask(names, episodes, seed=seed)
     obs = env.reset()
     shape = (len(names), episodes)
     ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
+    timeout = np.zeros(shape, bool)
     while alive.any():
         key, k_act = jax.random.split(key)
         action = np.asarray(policy(actor_params, jnp.asarray(obs), k_act, deterministic))
         obs, reward, terminated, truncated, _ = env.step(action)
         ret += np.where(alive, reward, 0.0)
         success |= alive & terminated & (reward > 0)
+        timeout |= alive & truncated & ~terminated
         alive &= ~(terminated | truncated)
     env.close()
-    return ret, success
+    return ret, success, timeout
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
@@ -325,12 +333,12 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     episodes = episodes or cfg.eval.episodes
     key = eval_key(cfg.seed, meta["env_steps"])
     if cfg.env.backend == "gym":
-        returns, successes = gym_evaluate(jax.jit(ppo.policy, static_argnums=3), params, names,
-                                          key, episodes, deterministic)
+        outcomes = gym_evaluate(jax.jit(ppo.policy, static_argnums=3), params, names, key,
+                                episodes, deterministic)
     else:
-        returns, successes = jax.jit(functools.partial(
+        outcomes = jax.jit(functools.partial(
             ppo.evaluate, episodes=episodes, deterministic=deterministic))(params, key)
     record = evaluation_record(cfg.env.suite, deterministic, names, meta["env_steps"],
-                               meta["updates"], returns, successes)
+                               meta["updates"], *outcomes)
     run_lib.append_eval(run, record, "reeval.jsonl")
     return record

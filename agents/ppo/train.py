@@ -9,7 +9,8 @@
   elsewhere (the host-stepped `minigrid` backend uses this);
 - `sample(actor_params, obs, key) -> (actions, log_probs)` (the rollout's policy),
   `policy(actor_params, obs, key, deterministic) -> actions` and
-  `evaluate(actor_params, key, episodes, deterministic) -> (returns, successes)`, per task.
+  `evaluate(actor_params, key, episodes, deterministic) -> (returns, successes, timeouts)`,
+  per task.
 
 Defaults are MOORE's MiniGrid PPO (run_minigrid_ppo_mt.py and its run scripts; REFERENCE.md):
 Adam 1e-3 for actor and critic, gamma 0.99, GAE 0.95, clip 0.2, entropy 0.01, 8 epochs,
@@ -245,25 +246,29 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
 
     def evaluate(actor_params, key, episodes: int, deterministic: bool = False):
         """`episodes` fresh episodes per task, run side by side on new env instances until each
-        has ended once. -> (returns, successes), each (T, episodes)."""
+        has ended once. -> (returns, successes, timeouts), each (T, episodes); a timeout is an
+        episode cut at max_steps (truncated), which tells a policy that dithers from one that
+        fails by a terminal state (lava), as both return 0."""
         eval_env = MultiTaskGrid(task_names, episodes)
         k_reset, key = jax.random.split(key)
         states, obs = eval_env.reset(k_reset)
         horizon = int(eval_env.max_steps.max())
 
         def step(c, _):
-            states, obs, ret, success, alive, key = c
+            states, obs, ret, success, timeout, alive, key = c
             key, k_act, k_env = jax.random.split(key, 3)
             action = policy(actor_params, obs, k_act, deterministic)
             states, obs, reward, terminated, truncated, _ = eval_env.step(states, action, k_env)
             ret = ret + jnp.where(alive, reward, 0.0)
             success = success | (alive & terminated & (reward > 0))
+            timeout = timeout | (alive & truncated & ~terminated)
             alive = alive & ~(terminated | truncated)
-            return (states, obs, ret, success, alive, key), None
+            return (states, obs, ret, success, timeout, alive, key), None
 
         zeros = jnp.zeros((num_tasks, episodes))
-        init = (states, obs, zeros, zeros.astype(bool), ~zeros.astype(bool), key)
-        (_, _, ret, success, _, _), _ = jax.lax.scan(step, init, None, horizon)
-        return ret, success
+        no = zeros.astype(bool)
+        init = (states, obs, zeros, no, no, ~no, key)
+        (_, _, ret, success, timeout, _, _), _ = jax.lax.scan(step, init, None, horizon)
+        return ret, success, timeout
 
     return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate)
