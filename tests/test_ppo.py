@@ -244,9 +244,8 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
     from agents.ppo.train import make_ppo
     from training.ppo_loop import gym_evaluate
 
-    tasks = TINY_TASKS
     ppo = make_ppo(PPOConfig(), NetworkConfig(arch="mtmlp", encoder="cnn", hidden_sizes=(8,)),
-                   tasks)
+                   TINY_TASKS)
     params = ppo.init(jax.random.PRNGKey(0)).learner.actor_params
 
     def always(action):  # the output layer's kernel zeroed, its bias all on `action`
@@ -260,8 +259,8 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
     evaluate = jax.jit(lambda p, k: ppo.evaluate(p, k, episodes=16))
     policy = jax.jit(ppo.policy, static_argnums=3)
     for name, outcome in (("jax", lambda p: evaluate(p, jax.random.PRNGKey(1))),
-                          ("gym", lambda p: gym_evaluate(policy, p, tasks, jax.random.PRNGKey(1),
-                                                         16, False))):
+                          ("gym", lambda p: gym_evaluate(policy, p, TINY_TASKS,
+                                                         jax.random.PRNGKey(1), 16, False))):
         returns, successes, timeouts = (np.asarray(x) for x in outcome(always(6)))
         assert timeouts.all() and not successes.any() and not returns.any(), name
         _, successes, timeouts = (np.asarray(x) for x in outcome(always(2)))

@@ -57,11 +57,11 @@ def format_table(result: dict) -> str:
     """The per-task table printed at the end of a run or an evaluation."""
     width = max(len(t) for t in result["per_task"]) + 2
     # MiniGrid records also hold the fraction of episodes cut at max_steps.
-    timeouts = all("timeout" in r for r in result["per_task"].values())
+    with_timeout = all("timeout" in r for r in result["per_task"].values())
     lines = [f"{'task':<{width}}{'success':>9}{'return':>11}{'episodes':>10}"
-             + (f"{'timeout':>9}" if timeouts else "")]
+             + (f"{'timeout':>9}" if with_timeout else "")]
     for task, r in result["per_task"].items():
         lines.append(f"{task:<{width}}{r['success']:>9.2f}{r['return']:>11.1f}{r['episodes']:>10}"
-                     + (f"{r['timeout']:>9.2f}" if timeouts else ""))
+                     + (f"{r['timeout']:>9.2f}" if with_timeout else ""))
     lines.append(f"{'mean':<{width}}{result['mean_success']:>9.2f}{result['mean_return']:>11.1f}")
     return "\n".join(lines)
