@@ -10,7 +10,8 @@ import pytest
 from metaworld.evaluation import evaluation as metaworld_evaluation
 
 from envs.metaworld import MT10_TASKS, MetaWorldVectorEnv
-from training.evaluation import evaluate, scripted_agent
+from training.evaluation import evaluate, format_table, scripted_agent
+from training.run_dir import log_eval
 
 TASKS = ("reach-v3", "drawer-close-v3")
 
@@ -105,3 +106,46 @@ def test_scripted_experts_match_metaworld_evaluation():
     assert {t: ours["per_task"][t]["success"] for t in MT10_TASKS} == per_task
     assert ours["mean_success"] == pytest.approx(mean)
     assert ours["mean_success"] > 0.5  # the experts do solve most of MT10
+
+
+def _record(returns, timeouts=None):
+    per_task = {}
+    for i, ret in enumerate(returns):
+        per_task[f"task{i}"] = {"success": 0.5, "return": ret, "episodes": 16}
+        if timeouts is not None:
+            per_task[f"task{i}"]["timeout"] = timeouts[i]
+    return {"mean_success": 0.5, "mean_return": float(np.mean(returns)), "per_task": per_task}
+
+
+def test_format_table_keeps_the_digits_of_small_returns():
+    # MiniGrid returns in [0, 1]: 0.832 and 0.874 must not both print as 0.8 / 0.9.
+    table = format_table(_record([0.832, 0.874], timeouts=[0.0, 0.25]))
+    assert "0.832" in table and "0.874" in table and "0.853" in table
+    assert table.splitlines()[0].split()[-1] == "timeout" and "0.25" in table
+    # Meta-World returns in the thousands keep one decimal and no timeout column.
+    table = format_table(_record([4512.34, 120.06]))
+    assert "4512.3" in table and "120.1" in table and "timeout" not in table
+
+
+class _RecordingWriter:
+    def __init__(self):
+        self.scalars, self.flushed = {}, False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[tag] = (value, step)
+
+    def flush(self):
+        self.flushed = True
+
+
+def test_log_eval_writes_timeouts_only_where_recorded():
+    writer = _RecordingWriter()
+    log_eval(writer, _record([0.8, 0.1], timeouts=[0.0, 0.9]), step=40)
+    assert writer.scalars["eval_timeout/task1"] == (0.9, 40)
+    assert writer.scalars["eval_return/task0"] == (0.8, 40)
+    assert writer.scalars["eval/mean_return"] == (pytest.approx(0.45), 40) and writer.flushed
+    writer = _RecordingWriter()
+    log_eval(writer, _record([4512.3, 120.1]), step=7)
+    assert not any(tag.startswith("eval_timeout/") for tag in writer.scalars)
+    assert set(writer.scalars) == {"eval/mean_success", "eval/mean_return", "eval_success/task0",
+                                   "eval_success/task1", "eval_return/task0", "eval_return/task1"}

@@ -209,12 +209,7 @@ class DTTrainer:
         record = evaluate(self.cfg, self.learner, self.state, self.data, self.targets,
                           self.names, self.eval_env, self.updates, self.cfg.eval.episodes)
         run_lib.append_eval(self.run, record)
-        writer.add_scalar("eval/mean_success", record["mean_success"], self.updates)
-        writer.add_scalar("eval/mean_return", record["mean_return"], self.updates)
-        for task, r in record["per_task"].items():
-            writer.add_scalar(f"eval_success/{task}", r["success"], self.updates)
-            writer.add_scalar(f"eval_return/{task}", r["return"], self.updates)
-        writer.flush()
+        run_lib.log_eval(writer, record, self.updates)
         return record
 
 

@@ -58,10 +58,14 @@ def format_table(result: dict) -> str:
     width = max(len(t) for t in result["per_task"]) + 2
     # MiniGrid records also hold the fraction of episodes cut at max_steps.
     with_timeout = all("timeout" in r for r in result["per_task"].values())
+    # MiniGrid's returns lie in [0, 1], where one decimal would hide the differences that
+    # matter; Meta-World's run to the thousands.
+    small = max(abs(r["return"]) for r in result["per_task"].values()) < 10
+    ret = ".3f" if small else ".1f"
     lines = [f"{'task':<{width}}{'success':>9}{'return':>11}{'episodes':>10}"
              + (f"{'timeout':>9}" if with_timeout else "")]
     for task, r in result["per_task"].items():
-        lines.append(f"{task:<{width}}{r['success']:>9.2f}{r['return']:>11.1f}{r['episodes']:>10}"
+        lines.append(f"{task:<{width}}{r['success']:>9.2f}{r['return']:>11{ret}}{r['episodes']:>10}"
                      + (f"{r['timeout']:>9.2f}" if with_timeout else ""))
-    lines.append(f"{'mean':<{width}}{result['mean_success']:>9.2f}{result['mean_return']:>11.1f}")
+    lines.append(f"{'mean':<{width}}{result['mean_success']:>9.2f}{result['mean_return']:>11{ret}}")
     return "\n".join(lines)

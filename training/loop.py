@@ -330,12 +330,7 @@ class Trainer:
         if self.cfg.network.arch in MASKED_ARCHS:
             record["masks"] = self._mask_report(writer, step)
         run_lib.append_eval(self.run, record)
-        writer.add_scalar("eval/mean_success", result["mean_success"], step)
-        writer.add_scalar("eval/mean_return", result["mean_return"], step)
-        for task, r in result["per_task"].items():
-            writer.add_scalar(f"eval_success/{task}", r["success"], step)
-            writer.add_scalar(f"eval_return/{task}", r["return"], step)
-        writer.flush()
+        run_lib.log_eval(writer, record, step)
         return record
 
     def _mask_report(self, writer, step) -> dict:

@@ -239,12 +239,7 @@ class PPOTrainer:
                                        self.names, self.step, updates, returns[i], successes[i],
                                        timeouts[i])
             run_lib.append_eval(run, record)
-            w.add_scalar("eval/mean_success", record["mean_success"], self.step)
-            w.add_scalar("eval/mean_return", record["mean_return"], self.step)
-            for task, r in record["per_task"].items():
-                w.add_scalar(f"eval_success/{task}", r["success"], self.step)
-                w.add_scalar(f"eval_return/{task}", r["return"], self.step)
-            w.flush()
+            run_lib.log_eval(w, record, self.step)
             records.append(record)
         return records
 

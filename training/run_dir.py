@@ -96,6 +96,19 @@ def append_eval(run: Path, record: dict, filename: str = "eval.jsonl") -> None:
         os.fsync(f.fileno())
 
 
+def log_eval(writer, record: dict, step: int) -> None:
+    """An evaluation record's figures in tensorboard: mean and per-task success and return,
+    and the per-task timeout fraction where the record has one (MiniGrid)."""
+    writer.add_scalar("eval/mean_success", record["mean_success"], step)
+    writer.add_scalar("eval/mean_return", record["mean_return"], step)
+    for task, r in record["per_task"].items():
+        writer.add_scalar(f"eval_success/{task}", r["success"], step)
+        writer.add_scalar(f"eval_return/{task}", r["return"], step)
+        if "timeout" in r:
+            writer.add_scalar(f"eval_timeout/{task}", r["timeout"], step)
+    writer.flush()
+
+
 def read_evals(run: Path) -> list[dict]:
     path = run / "eval.jsonl"
     if not path.exists():
