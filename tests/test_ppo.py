@@ -69,6 +69,17 @@ def test_policy_loss_clips_the_ratio():
     np.testing.assert_allclose(aux["clip_fraction"], 0.5)
 
 
+def test_policy_loss_reports_entropy_per_task():
+    # task-major (T=2, N=2, A=2): task 0 uniform, task 1 near-deterministic
+    logits = jnp.log(jnp.array([[[0.5, 0.5], [0.5, 0.5]], [[1 - 1e-6, 1e-6], [1 - 1e-6, 1e-6]]]))
+    actions = jnp.zeros((2, 2), jnp.int32)
+    old = jnp.log(jnp.array([[0.5, 0.5], [1.0, 1.0]]))
+    _, aux = losses.policy_loss(logits, actions, old, jnp.ones((2, 2)), clip=0.2,
+                                entropy_coef=0.01)
+    np.testing.assert_allclose(aux["task_entropy"], [np.log(2), 0.0], atol=1e-4)
+    np.testing.assert_allclose(aux["entropy"], aux["task_entropy"].mean(), rtol=1e-6)
+
+
 def test_conv2x2_equals_lax_convolution():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 3))
     k = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 3, 16))

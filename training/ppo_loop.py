@@ -215,9 +215,11 @@ class PPOTrainer:
             episodes = metrics["episodes"][i].sum(0)
             returns = metrics["return_sum"][i].sum(0) / np.maximum(episodes, 1)
             success = metrics["success_sum"][i].sum(0) / np.maximum(episodes, 1)
+            task_entropy = metrics["task_entropy"][i].mean(0)
             for t, task in enumerate(self.names):
                 w.add_scalar(f"train_return/{task}", float(returns[t]), self.step)
                 w.add_scalar(f"train_success/{task}", float(success[t]), self.step)
+                w.add_scalar(f"train_entropy/{task}", float(task_entropy[t]), self.step)
             w.add_scalar("train/mean_success", float(success.mean()), self.step)
             w.add_scalar("perf/env_steps_per_s", steps_per_s, self.step)
 

@@ -36,14 +36,18 @@ def normalise_per_task(adv: jax.Array, task_axis: int) -> jax.Array:
 
 
 def policy_loss(logits, actions, old_log_prob, advantages, clip: float, entropy_coef: float):
-    """Clipped surrogate minus the entropy bonus, averaged over samples. -> (loss, aux)."""
+    """Clipped surrogate minus the entropy bonus, averaged over samples. -> (loss, aux).
+
+    `logits` (..., N, A): aux's `task_entropy` is the mean entropy over the sample axis N, so
+    per task for task-major (T, N, A) minibatches: a policy that has collapsed on one task
+    shows there, hidden in the mean over tasks."""
     log_probs = jax.nn.log_softmax(logits)
     log_prob = jnp.take_along_axis(log_probs, actions[..., None], -1)[..., 0]
     ratio = jnp.exp(log_prob - old_log_prob)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1 - clip, 1 + clip) * advantages)
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
     loss = -surrogate.mean() - entropy_coef * entropy.mean()
-    return loss, {"entropy": entropy.mean(), "clip_fraction":
+    return loss, {"entropy": entropy.mean(), "task_entropy": entropy.mean(-1), "clip_fraction":
                   (jnp.abs(ratio - 1) > clip).mean(), "approx_kl": (old_log_prob - log_prob).mean()}
 
 

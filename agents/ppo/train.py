@@ -200,7 +200,8 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
 
         (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state),
                                                     jax.random.split(key, epochs))
-        return params, opt_state, jax.tree.map(jnp.mean, metrics)
+        # means over epochs and minibatches; a per-task metric keeps its task axis
+        return params, opt_state, jax.tree.map(lambda m: m.mean((0, 1)), metrics)
 
     def actor_loss(params, obs, action, old_log_prob, adv):
         logits = per_task_apply(actor, params, obs)
@@ -230,6 +231,7 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             ppo.epochs, ppo.num_minibatches)
         metrics = {"value_loss": critic_metrics["loss"], "policy_loss": actor_metrics["loss"],
                    "entropy": actor_metrics["entropy"],
+                   "task_entropy": actor_metrics["task_entropy"],
                    "approx_kl": actor_metrics["approx_kl"],
                    "clip_fraction": actor_metrics["clip_fraction"],
                    "value_mean": values.mean()}
