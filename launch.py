@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per task (default: the run's, or 10)")
     ev.add_argument("--seed", type=int, default=0, help="env seed (with --agent)")
     ev.add_argument("--max-episode-steps", type=int, default=500, help="(with --agent)")
+    ev.add_argument("--behaviour", action="store_true",
+                    help="(PPO runs) also print each task's policy entropy, the fraction of "
+                         "steps that moved the agent, and the action shares")
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("--stochastic", action="store_true",
                       help="sample actions (with --run; default: as the run evaluated)")
@@ -333,6 +336,8 @@ def cmd_eval(args) -> int:
     if args.episodes is not None and args.episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {args.episodes}")
     if args.agent is not None:
+        if args.behaviour:
+            raise UsageError("--behaviour reads a trained policy: use it with --run DIR")
         if args.agent not in AGENTS:
             raise UsageError(f"unknown agent '{args.agent}'; valid agents: {', '.join(AGENTS)}")
         from envs.metaworld import MetaWorldVectorEnv
@@ -346,6 +351,9 @@ def cmd_eval(args) -> int:
         return 0
     run = Path(args.run)
     cfg = run_lib.load_config(run)
+    if args.behaviour and cfg.algo != "ppo":
+        raise UsageError(f"--behaviour reads PPO (MiniGrid) policies; {run} is a '{cfg.algo}' "
+                         "run")
     if cfg.algo == "ppo":
         from training.ppo_loop import reevaluate
     elif cfg.algo == "dt":
@@ -359,6 +367,12 @@ def cmd_eval(args) -> int:
                         deterministic=deterministic)
     _print_result(result, f"{run} at step {result['step']}")
     print(f"\nappended to {run / 'reeval.jsonl'}")
+    if args.behaviour:
+        from training.ppo_loop import behaviour, format_behaviour
+
+        report = behaviour(cfg, run, step=args.checkpoint, episodes=args.episodes,
+                           deterministic=deterministic)
+        print(f"\nbehaviour over the episodes' steps\n{format_behaviour(report)}")
     return 0
 
 

@@ -33,6 +33,7 @@ def _launch(*args, cwd=None):
     (["eval", "--agent", "oracle"], "unknown agent 'oracle'; valid agents: scripted"),
     (["eval", "--agent", "scripted", "--suite", "mt3"], "unknown suite 'mt3'"),
     (["eval", "--agent", "scripted", "--episodes", "0"], "--episodes must be positive"),
+    (["eval", "--agent", "scripted", "--behaviour"], "--behaviour reads a trained policy"),
     (["eval", "--run", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
     (["train", "--resume", "/nonexistent/run"], "run directory '/nonexistent/run' does not exist"),
     (["train", "--num-seeds", "2"], "several seeds in one process need algo ppo; 'demo' uses sac"),

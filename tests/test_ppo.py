@@ -276,3 +276,15 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
         assert timeouts.all() and not successes.any() and not returns.any(), name
         _, successes, timeouts = (np.asarray(x) for x in outcome(always(2)))
         assert not successes.any() and 0 < timeouts.mean() < 1, (name, timeouts)
+
+    # `behaviour` tells standing still from walking, whatever the action's name.
+    behaviour = jax.jit(lambda p: ppo.behaviour(p, jax.random.PRNGKey(1), episodes=16))
+    for still in (6, 0):  # 'done', 'left': the agent never leaves its cell
+        found = jax.device_get(behaviour(always(still)))
+        assert np.all(found["moved"] == 0) and np.allclose(found["actions"][:, still], 1)
+        np.testing.assert_allclose(found["entropy"], 0, atol=1e-3)
+    walk = jax.device_get(behaviour(always(2)))
+    assert np.all(walk["moved"] > 0) and np.allclose(walk["actions"][:, 2], 1)
+    uniform = jax.device_get(behaviour(jax.tree.map(jnp.zeros_like, params)))
+    np.testing.assert_allclose(uniform["entropy"], np.log(7), rtol=1e-5)
+    np.testing.assert_allclose(uniform["actions"], 1 / 7, atol=0.05)

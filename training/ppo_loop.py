@@ -322,11 +322,7 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
                deterministic: bool) -> dict:
     """Evaluate a saved checkpoint of a PPO run on fresh envs (the run's backend); the record
     goes to reeval.jsonl. With the run's episodes and mode it reproduces that step's record."""
-    tree, meta = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore(step)
-    names = task_names(cfg.env.suite, cfg.env.tasks)
-    ppo = make_ppo(cfg.ppo, cfg.network, names)
-    template = jax.jit(ppo.init)(seed_keys(cfg.seed)[0])
-    params = serialization.from_state_dict(template, tree["state"]).learner.actor_params
+    ppo, names, params, meta = _restore_actor(cfg, run, step)
     episodes = episodes or cfg.eval.episodes
     key = eval_key(cfg.seed, meta["env_steps"])
     if cfg.env.backend == "gym":
@@ -339,3 +335,42 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
                                meta["updates"], *outcomes)
     run_lib.append_eval(run, record, "reeval.jsonl")
     return record
+
+
+def _restore_actor(cfg: Config, run: Path, step: int | None):
+    """-> (PPO, task names, actor params, checkpoint meta) of a saved checkpoint."""
+    tree, meta = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore(step)
+    names = task_names(cfg.env.suite, cfg.env.tasks)
+    ppo = make_ppo(cfg.ppo, cfg.network, names)
+    template = jax.jit(ppo.init)(seed_keys(cfg.seed)[0])
+    params = serialization.from_state_dict(template, tree["state"]).learner.actor_params
+    return ppo, names, params, meta
+
+
+ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
+
+
+def behaviour(cfg: Config, run: Path, step: int | None, episodes: int | None,
+              deterministic: bool) -> dict:
+    """What a saved PPO policy does, per task (`PPO.behaviour`), in the episodes that
+    `reevaluate` runs with the same arguments on the on-device envs (on a gym-backend run the
+    episodes differ from its evaluation's, as the host envs draw their layouts otherwise)."""
+    ppo, names, params, meta = _restore_actor(cfg, run, step)
+    found = jax.device_get(jax.jit(functools.partial(
+        ppo.behaviour, episodes=episodes or cfg.eval.episodes, deterministic=deterministic))(
+        params, eval_key(cfg.seed, meta["env_steps"])))
+    return {"step": meta["env_steps"], "per_task": {
+        task: {"entropy": float(found["entropy"][t]), "moved": float(found["moved"][t]),
+               "actions": dict(zip(ACTION_NAMES, map(float, found["actions"][t]), strict=True))}
+        for t, task in enumerate(names)}}
+
+
+def format_behaviour(report: dict) -> str:
+    """`behaviour`'s report as a table: a row per task, action shares in columns."""
+    width = max(len(t) for t in report["per_task"]) + 2
+    lines = [f"{'task':<{width}}{'entropy':>8}{'moved':>7}"
+             + "".join(f"{a:>8}" for a in ACTION_NAMES)]
+    for task, r in report["per_task"].items():
+        lines.append(f"{task:<{width}}{r['entropy']:>8.2f}{r['moved']:>7.2f}"
+                     + "".join(f"{r['actions'][a]:>8.2f}" for a in ACTION_NAMES))
+    return "\n".join(lines)

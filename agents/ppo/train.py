@@ -10,7 +10,8 @@
 - `sample(actor_params, obs, key) -> (actions, log_probs)` (the rollout's policy),
   `policy(actor_params, obs, key, deterministic) -> actions` and
   `evaluate(actor_params, key, episodes, deterministic) -> (returns, successes, timeouts)`,
-  per task.
+  per task, and `behaviour(...)` (same arguments, same episodes) -> per-task policy entropy,
+  fraction of steps that moved the agent, and action shares.
 
 Defaults are MOORE's MiniGrid PPO (run_minigrid_ppo_mt.py and its run scripts; REFERENCE.md):
 Adam 1e-3 for actor and critic, gamma 0.99, GAE 0.95, clip 0.2, entropy 0.01, 8 epochs,
@@ -108,6 +109,7 @@ class PPO(NamedTuple):
     sample: Callable
     policy: Callable
     evaluate: Callable
+    behaviour: Callable
 
 
 def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]) -> PPO:
@@ -135,11 +137,11 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
         carry = EnvCarry(states, first_obs, jnp.zeros(first_obs.shape[:2], jnp.float32), k_env)
         return PPOState(learner, carry)
 
+    def choose(logits, key, deterministic: bool):
+        return jnp.argmax(logits, -1) if deterministic else jax.random.categorical(key, logits)
+
     def policy(actor_params, obs, key, deterministic: bool = False):
-        logits = per_task_apply(actor, actor_params, obs)
-        if deterministic:
-            return jnp.argmax(logits, -1)
-        return jax.random.categorical(key, logits)
+        return choose(per_task_apply(actor, actor_params, obs), key, deterministic)
 
     def sample(actor_params, obs, key):
         """A sampled action per env and its log-probability (the rollout's policy)."""
@@ -246,31 +248,63 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
     def train_updates(state: PPOState, num_updates: int):
         return jax.lax.scan(one_update, state, None, num_updates)
 
-    def evaluate(actor_params, key, episodes: int, deterministic: bool = False):
+    def run_episodes(actor_params, key, episodes: int, deterministic: bool):
         """`episodes` fresh episodes per task, run side by side on new env instances until each
-        has ended once. -> (returns, successes, timeouts), each (T, episodes); a timeout is an
-        episode cut at max_steps (truncated), which tells a policy that dithers from one that
-        fails by a terminal state (lava), as both return 0."""
+        has ended once; per-episode outcomes and per-task behaviour sums."""
         eval_env = MultiTaskGrid(task_names, episodes)
         k_reset, key = jax.random.split(key)
         states, obs = eval_env.reset(k_reset)
         horizon = int(eval_env.max_steps.max())
 
         def step(c, _):
-            states, obs, ret, success, timeout, alive, key = c
+            states, obs, ret, success, timeout, alive, sums, key = c
             key, k_act, k_env = jax.random.split(key, 3)
-            action = policy(actor_params, obs, k_act, deterministic)
+            logits = per_task_apply(actor, actor_params, obs)
+            action = choose(logits, k_act, deterministic)
+            position = jnp.stack([s.agent_pos for s in states])
             states, obs, reward, terminated, truncated, _ = eval_env.step(states, action, k_env)
+            ended = terminated | truncated
+            # an ended step's own move is hidden by the auto-reset, so it is not counted
+            moved = jnp.any(jnp.stack([s.agent_pos for s in states]) != position, -1) & ~ended
+            log_probs = jax.nn.log_softmax(logits)
+            entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
+            weight = alive.astype(jnp.float32)
+            sums = {"steps": sums["steps"] + weight.sum(1),
+                    "entropy": sums["entropy"] + (weight * entropy).sum(1),
+                    "moved": sums["moved"] + (weight * moved).sum(1),
+                    "moves_seen": sums["moves_seen"] + (weight * ~ended).sum(1),
+                    "actions": sums["actions"] + (weight[..., None] * jax.nn.one_hot(
+                        action, ACTION_COUNT)).sum(1)}
             ret = ret + jnp.where(alive, reward, 0.0)
             success = success | (alive & terminated & (reward > 0))
             timeout = timeout | (alive & truncated & ~terminated)
-            alive = alive & ~(terminated | truncated)
-            return (states, obs, ret, success, timeout, alive, key), None
+            alive = alive & ~ended
+            return (states, obs, ret, success, timeout, alive, sums, key), None
 
         zeros = jnp.zeros((num_tasks, episodes))
         no = zeros.astype(bool)
-        init = (states, obs, zeros, no, no, ~no, key)
-        (_, _, ret, success, timeout, _, _), _ = jax.lax.scan(step, init, None, horizon)
-        return ret, success, timeout
+        per_task = jnp.zeros(num_tasks)
+        sums = {"steps": per_task, "entropy": per_task, "moved": per_task,
+                "moves_seen": per_task, "actions": jnp.zeros((num_tasks, ACTION_COUNT))}
+        init = (states, obs, zeros, no, no, ~no, sums, key)
+        (_, _, ret, success, timeout, _, sums, _), _ = jax.lax.scan(step, init, None, horizon)
+        return ret, success, timeout, sums
 
-    return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate)
+    def evaluate(actor_params, key, episodes: int, deterministic: bool = False):
+        """-> (returns, successes, timeouts), each (T, episodes); a timeout is an episode cut at
+        max_steps (truncated), which tells a policy that dithers from one that fails by a
+        terminal state (lava), as both return 0."""
+        return run_episodes(actor_params, key, episodes, deterministic)[:3]
+
+    def behaviour(actor_params, key, episodes: int, deterministic: bool = False):
+        """What the policy does in the episodes `evaluate` runs with the same arguments, per
+        task, averaged over their steps: `entropy` of the action distribution, `moved` (the
+        fraction of steps that changed the agent's cell) and `actions` (T, 7), each action's
+        share. A policy that times out while standing still shows as `moved` near 0."""
+        sums = run_episodes(actor_params, key, episodes, deterministic)[3]
+        return {"entropy": sums["entropy"] / sums["steps"],
+                "moved": sums["moved"] / jnp.maximum(sums["moves_seen"], 1),
+                "actions": sums["actions"] / sums["steps"][:, None]}
+
+    return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate,
+               behaviour)
