@@ -363,16 +363,16 @@ def cmd_eval(args) -> int:
     deterministic = cfg.eval.deterministic
     if args.stochastic or args.deterministic:
         deterministic = args.deterministic
+    extra = {"behaviour": True} if args.behaviour else {}
     result = reevaluate(cfg, run, step=args.checkpoint, episodes=args.episodes,
-                        deterministic=deterministic)
+                        deterministic=deterministic, **extra)
     _print_result(result, f"{run} at step {result['step']}")
-    print(f"\nappended to {run / 'reeval.jsonl'}")
     if args.behaviour:
-        from training.ppo_loop import behaviour, format_behaviour
+        from training.ppo_loop import format_behaviour
 
-        report = behaviour(cfg, run, step=args.checkpoint, episodes=args.episodes,
-                           deterministic=deterministic)
-        print(f"\nbehaviour over the episodes' steps\n{format_behaviour(report)}")
+        print(f"\nbehaviour ({result['behaviour_episodes']}; moved: among the steps that did "
+              f"not end an episode)\n{format_behaviour(result)}")
+    print(f"\nappended to {run / 'reeval.jsonl'}")
     return 0
 
 

@@ -66,3 +66,14 @@ def test_help_lists_presets_and_every_option():
     for option in ("--network.arch", "--sac.batch_size_per_task", "--train.async_actor",
                    "--eval.episodes", "--env.reward_version", "--resume"):
         assert option in train.stdout
+
+
+def test_behaviour_needs_a_ppo_run(tmp_path):
+    from experiments.presets import get_preset
+    from training import run_dir as run_lib
+
+    run = run_lib.create(str(tmp_path), get_preset("demo", 0))
+    result = _launch("eval", "--run", str(run), "--behaviour")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: --behaviour reads PPO (MiniGrid) policies; {run} "
+                                     "is a 'sac' run")

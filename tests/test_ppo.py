@@ -198,6 +198,17 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
 
     again = reevaluate(cfgs[0], full0, None, None, deterministic=False)
     assert again == _evals(full0)[-1]
+    # ... and with the behaviour summary, the same record plus a table of every task.
+    from training.ppo_loop import format_behaviour
+
+    described = reevaluate(cfgs[0], full0, None, None, deterministic=False, behaviour=True)
+    assert {k: described[k] for k in again} == again
+    assert described["behaviour_episodes"] == "the evaluated episodes"
+    table = format_behaviour(described).splitlines()
+    assert len(table) == 1 + len(TINY_TASKS) and table[0].split()[:3] == ["task", "entropy",
+                                                                          "moved"]
+    for r in described["behaviour"].values():
+        assert sum(r["actions"].values()) == pytest.approx(1) and 0 < r["entropy"] <= np.log(7)
 
     # Seed 1 trained alone follows the streams it followed in the batch.
     (alone,), _ = _train([cfgs[1]], tmp_path / "alone")
@@ -217,6 +228,12 @@ def test_gym_backend_trains_and_evaluates(tmp_path):
     assert [r["step"] for r in records] == [0, 32]
     assert set(records[-1]["per_task"]) == set(TINY_TASKS)
     assert all(r["per_task"][TINY_TASKS[0]]["episodes"] == 2 for r in records)
+    from training.ppo_loop import reevaluate
+
+    described = reevaluate(cfg, run, None, None, deterministic=False, behaviour=True)
+    assert {k: described[k] for k in records[-1]} == records[-1]  # the host envs' evaluation
+    assert described["behaviour_episodes"].startswith("on-device episodes")
+    assert set(described["behaviour"]) == set(TINY_TASKS)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -247,6 +264,16 @@ def test_on_device_training_improves_return_on_an_easy_task(tmp_path):
     assert last["mean_return"] > first["mean_return"] + 0.3, (first, last)
 
 
+def _always(params, action):
+    """Actor params whose output layer's kernel is zeroed and bias all on `action`."""
+    def pin(path, x):
+        if x.shape[-1] != 7:
+            return x
+        is_bias = "bias" in jax.tree_util.keystr(path[-1:])
+        return x * 0 + 100.0 * (jnp.arange(7) == action) if is_bias else x * 0
+    return jax.tree_util.tree_map_with_path(pin, params)
+
+
 def test_evaluation_tells_timeouts_from_terminal_failures():
     """A policy that always says 'done' times out every episode; one that always walks forward
     on LavaGap (agent at (1, 1) facing the lava column) dies in the lava unless the gap is in
@@ -259,13 +286,8 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
                    TINY_TASKS)
     params = ppo.init(jax.random.PRNGKey(0)).learner.actor_params
 
-    def always(action):  # the output layer's kernel zeroed, its bias all on `action`
-        def pin(path, x):
-            if x.shape[-1] != 7:
-                return x
-            is_bias = "bias" in jax.tree_util.keystr(path[-1:])
-            return x * 0 + 100.0 * (jnp.arange(7) == action) if is_bias else x * 0
-        return jax.tree_util.tree_map_with_path(pin, params)
+    def always(action):
+        return _always(params, action)
 
     evaluate = jax.jit(lambda p, k: ppo.evaluate(p, k, episodes=16))
     policy = jax.jit(ppo.policy, static_argnums=3)
@@ -277,9 +299,11 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
         _, successes, timeouts = (np.asarray(x) for x in outcome(always(2)))
         assert not successes.any() and 0 < timeouts.mean() < 1, (name, timeouts)
 
-    # `behaviour` tells standing still from walking, whatever the action's name.
-    behaviour = jax.jit(lambda p: ppo.behaviour(p, jax.random.PRNGKey(1), episodes=16))
-    for still in (6, 0):  # 'done', 'left': the agent never leaves its cell
+    # The behaviour summary tells standing still from walking, by the agent's cell and not by
+    # the action chosen ('left' never moves it, 'forward' does until it meets a wall).
+    behaviour = jax.jit(lambda p: ppo.evaluate(p, jax.random.PRNGKey(1), episodes=16,
+                                               with_behaviour=True)[3])
+    for still in (6, 0):  # 'done', 'left'
         found = jax.device_get(behaviour(always(still)))
         assert np.all(found["moved"] == 0) and np.allclose(found["actions"][:, still], 1)
         np.testing.assert_allclose(found["entropy"], 0, atol=1e-3)
@@ -288,3 +312,11 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
     uniform = jax.device_get(behaviour(jax.tree.map(jnp.zeros_like, params)))
     np.testing.assert_allclose(uniform["entropy"], np.log(7), rtol=1e-5)
     np.testing.assert_allclose(uniform["actions"], 1 / 7, atol=0.05)
+    # Where each episode starts in a random cell, the auto-reset moves the agent: those steps
+    # must not count as moves. A policy that says 'done' on DoorKey-5x5 still never moves.
+    doorkey = make_ppo(PPOConfig(), NetworkConfig(arch="mtmlp", encoder="cnn",
+                                                  hidden_sizes=(8,)), ("MiniGrid-DoorKey-5x5-v0",))
+    done = _always(doorkey.init(jax.random.PRNGKey(0)).learner.actor_params, 6)
+    found = jax.device_get(jax.jit(lambda p: doorkey.evaluate(
+        p, jax.random.PRNGKey(2), episodes=4, with_behaviour=True)[3])(done))
+    assert found["moved"][0] == 0

@@ -34,6 +34,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from agents.ppo.train import PPOState, Rollout, make_ppo
+from envs.minigrid import ACTION_NAMES
 from envs.minigrid.multitask import GymMultiTask, task_names
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
@@ -319,58 +320,53 @@ def gym_evaluate(policy, actor_params, names, key, episodes: int, deterministic:
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
-               deterministic: bool) -> dict:
+               deterministic: bool, behaviour: bool = False) -> dict:
     """Evaluate a saved checkpoint of a PPO run on fresh envs (the run's backend); the record
-    goes to reeval.jsonl. With the run's episodes and mode it reproduces that step's record."""
-    ppo, names, params, meta = _restore_actor(cfg, run, step)
-    episodes = episodes or cfg.eval.episodes
-    key = eval_key(cfg.seed, meta["env_steps"])
-    if cfg.env.backend == "gym":
-        outcomes = gym_evaluate(jax.jit(ppo.policy, static_argnums=3), params, names, key,
-                                episodes, deterministic)
-    else:
-        outcomes = jax.jit(functools.partial(
-            ppo.evaluate, episodes=episodes, deterministic=deterministic))(params, key)
-    record = evaluation_record(cfg.env.suite, deterministic, names, meta["env_steps"],
-                               meta["updates"], *outcomes)
-    run_lib.append_eval(run, record, "reeval.jsonl")
-    return record
+    goes to reeval.jsonl. With the run's episodes and mode it reproduces that step's record.
 
-
-def _restore_actor(cfg: Config, run: Path, step: int | None):
-    """-> (PPO, task names, actor params, checkpoint meta) of a saved checkpoint."""
+    `behaviour` adds the record's "behaviour": per task, the policy's entropy, the fraction of
+    steps that moved the agent and each action's share (`PPO.evaluate`'s `with_behaviour`),
+    over the evaluated episodes; on a gym-backend run, over as many episodes on the on-device
+    envs, since the host envs do not expose them ("behaviour_episodes" says which)."""
     tree, meta = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore(step)
     names = task_names(cfg.env.suite, cfg.env.tasks)
     ppo = make_ppo(cfg.ppo, cfg.network, names)
     template = jax.jit(ppo.init)(seed_keys(cfg.seed)[0])
     params = serialization.from_state_dict(template, tree["state"]).learner.actor_params
-    return ppo, names, params, meta
+    episodes = episodes or cfg.eval.episodes
+    key = eval_key(cfg.seed, meta["env_steps"])
+    on_device = jax.jit(functools.partial(ppo.evaluate, episodes=episodes,
+                                          deterministic=deterministic,
+                                          with_behaviour=behaviour))
+    if cfg.env.backend == "gym":
+        outcomes = gym_evaluate(jax.jit(ppo.policy, static_argnums=3), params, names, key,
+                                episodes, deterministic)
+        found = jax.device_get(on_device(params, key)[3]) if behaviour else None
+    else:
+        outcomes = jax.device_get(on_device(params, key))
+        outcomes, found = outcomes[:3], (outcomes[3] if behaviour else None)
+    record = evaluation_record(cfg.env.suite, deterministic, names, meta["env_steps"],
+                               meta["updates"], *outcomes)
+    if behaviour:
+        record["behaviour_episodes"] = ("the evaluated episodes" if cfg.env.backend == "jax"
+                                        else "on-device episodes, not the evaluated ones")
+        record["behaviour"] = {task: {
+            "entropy": float(found["entropy"][t]),
+            "moved": None if np.isnan(found["moved"][t]) else float(found["moved"][t]),
+            "actions": dict(zip(ACTION_NAMES, map(float, found["actions"][t]), strict=True))}
+            for t, task in enumerate(names)}
+    run_lib.append_eval(run, record, "reeval.jsonl")
+    return record
 
 
-ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
-
-
-def behaviour(cfg: Config, run: Path, step: int | None, episodes: int | None,
-              deterministic: bool) -> dict:
-    """What a saved PPO policy does, per task (`PPO.behaviour`), in the episodes that
-    `reevaluate` runs with the same arguments on the on-device envs (on a gym-backend run the
-    episodes differ from its evaluation's, as the host envs draw their layouts otherwise)."""
-    ppo, names, params, meta = _restore_actor(cfg, run, step)
-    found = jax.device_get(jax.jit(functools.partial(
-        ppo.behaviour, episodes=episodes or cfg.eval.episodes, deterministic=deterministic))(
-        params, eval_key(cfg.seed, meta["env_steps"])))
-    return {"step": meta["env_steps"], "per_task": {
-        task: {"entropy": float(found["entropy"][t]), "moved": float(found["moved"][t]),
-               "actions": dict(zip(ACTION_NAMES, map(float, found["actions"][t]), strict=True))}
-        for t, task in enumerate(names)}}
-
-
-def format_behaviour(report: dict) -> str:
-    """`behaviour`'s report as a table: a row per task, action shares in columns."""
-    width = max(len(t) for t in report["per_task"]) + 2
+def format_behaviour(record: dict) -> str:
+    """A record's "behaviour" as a table: a row per task, action shares in columns."""
+    behaviour = record["behaviour"]
+    width = max(len(t) for t in behaviour) + 2
     lines = [f"{'task':<{width}}{'entropy':>8}{'moved':>7}"
              + "".join(f"{a:>8}" for a in ACTION_NAMES)]
-    for task, r in report["per_task"].items():
-        lines.append(f"{task:<{width}}{r['entropy']:>8.2f}{r['moved']:>7.2f}"
+    for task, r in behaviour.items():
+        moved = "-" if r["moved"] is None else f"{r['moved']:.2f}"
+        lines.append(f"{task:<{width}}{r['entropy']:>8.2f}{moved:>7}"
                      + "".join(f"{r['actions'][a]:>8.2f}" for a in ACTION_NAMES))
     return "\n".join(lines)

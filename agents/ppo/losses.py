@@ -39,8 +39,8 @@ def policy_loss(logits, actions, old_log_prob, advantages, clip: float, entropy_
     """Clipped surrogate minus the entropy bonus, averaged over samples. -> (loss, aux).
 
     `logits` (..., N, A): aux's `task_entropy` is the mean entropy over the sample axis N, so
-    per task for task-major (T, N, A) minibatches: a policy that has collapsed on one task
-    shows there, hidden in the mean over tasks."""
+    per task for task-major (T, N, A) minibatches, where a change on one task shows that the
+    mean over tasks would hide."""
     log_probs = jax.nn.log_softmax(logits)
     log_prob = jnp.take_along_axis(log_probs, actions[..., None], -1)[..., 0]
     ratio = jnp.exp(log_prob - old_log_prob)

@@ -10,8 +10,8 @@
 - `sample(actor_params, obs, key) -> (actions, log_probs)` (the rollout's policy),
   `policy(actor_params, obs, key, deterministic) -> actions` and
   `evaluate(actor_params, key, episodes, deterministic) -> (returns, successes, timeouts)`,
-  per task, and `behaviour(...)` (same arguments, same episodes) -> per-task policy entropy,
-  fraction of steps that moved the agent, and action shares.
+  per task (with `with_behaviour=True`, also the policy's per-task entropy, action shares and
+  fraction of steps that moved the agent).
 
 Defaults are MOORE's MiniGrid PPO (run_minigrid_ppo_mt.py and its run scripts; REFERENCE.md):
 Adam 1e-3 for actor and critic, gamma 0.99, GAE 0.95, clip 0.2, entropy 0.01, 8 epochs,
@@ -109,7 +109,6 @@ class PPO(NamedTuple):
     sample: Callable
     policy: Callable
     evaluate: Callable
-    behaviour: Callable
 
 
 def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]) -> PPO:
@@ -248,9 +247,19 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
     def train_updates(state: PPOState, num_updates: int):
         return jax.lax.scan(one_update, state, None, num_updates)
 
-    def run_episodes(actor_params, key, episodes: int, deterministic: bool):
+    def evaluate(actor_params, key, episodes: int, deterministic: bool = False,
+                 with_behaviour: bool = False):
         """`episodes` fresh episodes per task, run side by side on new env instances until each
-        has ended once; per-episode outcomes and per-task behaviour sums."""
+        has ended once. -> (returns, successes, timeouts), each (T, episodes); a timeout is an
+        episode cut at max_steps (truncated), which tells a policy that dithers from one that
+        fails by a terminal state (lava), as both return 0.
+
+        `with_behaviour` appends what the policy did in those episodes, per task, over their
+        steps: `entropy` of its action distribution (the softmax's, also when `deterministic`
+        takes the argmax), `actions` (T, 7), each action's share, and `moved`, the fraction of
+        steps that took the agent to another cell, among the steps that did not end an
+        episode (an ended step's move is hidden by the auto-reset); NaN where there were
+        none. A policy that times out standing still shows as `moved` near 0."""
         eval_env = MultiTaskGrid(task_names, episodes)
         k_reset, key = jax.random.split(key)
         states, obs = eval_env.reset(k_reset)
@@ -264,17 +273,17 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             position = jnp.stack([s.agent_pos for s in states])
             states, obs, reward, terminated, truncated, _ = eval_env.step(states, action, k_env)
             ended = terminated | truncated
-            # an ended step's own move is hidden by the auto-reset, so it is not counted
-            moved = jnp.any(jnp.stack([s.agent_pos for s in states]) != position, -1) & ~ended
+            moved = jnp.any(jnp.stack([s.agent_pos for s in states]) != position, -1)
             log_probs = jax.nn.log_softmax(logits)
             entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
-            weight = alive.astype(jnp.float32)
-            sums = {"steps": sums["steps"] + weight.sum(1),
-                    "entropy": sums["entropy"] + (weight * entropy).sum(1),
-                    "moved": sums["moved"] + (weight * moved).sum(1),
-                    "moves_seen": sums["moves_seen"] + (weight * ~ended).sum(1),
-                    "actions": sums["actions"] + (weight[..., None] * jax.nn.one_hot(
-                        action, ACTION_COUNT)).sum(1)}
+            counted = alive.astype(jnp.float32)
+            continued = (alive & ~ended).astype(jnp.float32)
+            sums = {"steps": sums["steps"] + counted.sum(1),
+                    "entropy": sums["entropy"] + (counted * entropy).sum(1),
+                    "actions": sums["actions"] + (counted[..., None] * jax.nn.one_hot(
+                        action, ACTION_COUNT)).sum(1),
+                    "continued": sums["continued"] + continued.sum(1),
+                    "moved": sums["moved"] + (continued * moved).sum(1)}
             ret = ret + jnp.where(alive, reward, 0.0)
             success = success | (alive & terminated & (reward > 0))
             timeout = timeout | (alive & truncated & ~terminated)
@@ -284,27 +293,16 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
         zeros = jnp.zeros((num_tasks, episodes))
         no = zeros.astype(bool)
         per_task = jnp.zeros(num_tasks)
-        sums = {"steps": per_task, "entropy": per_task, "moved": per_task,
-                "moves_seen": per_task, "actions": jnp.zeros((num_tasks, ACTION_COUNT))}
+        sums = {"steps": per_task, "entropy": per_task, "continued": per_task,
+                "moved": per_task, "actions": jnp.zeros((num_tasks, ACTION_COUNT))}
         init = (states, obs, zeros, no, no, ~no, sums, key)
         (_, _, ret, success, timeout, _, sums, _), _ = jax.lax.scan(step, init, None, horizon)
-        return ret, success, timeout, sums
+        if not with_behaviour:
+            return ret, success, timeout
+        behaviour = {"entropy": sums["entropy"] / sums["steps"],
+                     "actions": sums["actions"] / sums["steps"][:, None],
+                     "moved": jnp.where(sums["continued"] > 0, sums["moved"], jnp.nan)
+                     / jnp.maximum(sums["continued"], 1)}
+        return ret, success, timeout, behaviour
 
-    def evaluate(actor_params, key, episodes: int, deterministic: bool = False):
-        """-> (returns, successes, timeouts), each (T, episodes); a timeout is an episode cut at
-        max_steps (truncated), which tells a policy that dithers from one that fails by a
-        terminal state (lava), as both return 0."""
-        return run_episodes(actor_params, key, episodes, deterministic)[:3]
-
-    def behaviour(actor_params, key, episodes: int, deterministic: bool = False):
-        """What the policy does in the episodes `evaluate` runs with the same arguments, per
-        task, averaged over their steps: `entropy` of the action distribution, `moved` (the
-        fraction of steps that changed the agent's cell) and `actions` (T, 7), each action's
-        share. A policy that times out while standing still shows as `moved` near 0."""
-        sums = run_episodes(actor_params, key, episodes, deterministic)[3]
-        return {"entropy": sums["entropy"] / sums["steps"],
-                "moved": sums["moved"] / jnp.maximum(sums["moves_seen"], 1),
-                "actions": sums["actions"] / sums["steps"][:, None]}
-
-    return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate,
-               behaviour)
+    return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate)

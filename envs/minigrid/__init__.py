@@ -78,7 +78,7 @@ and a carried box keeps no contents), goal (terminates with the success reward),
 
 from __future__ import annotations
 
-from envs.minigrid.core import NUM_ACTIONS, GridEnv, State
+from envs.minigrid.core import ACTION_NAMES, NUM_ACTIONS, GridEnv, State
 from envs.minigrid.crossing import Crossing
 from envs.minigrid.distshift import DistShift
 from envs.minigrid.doorkey import DoorKey
@@ -131,4 +131,4 @@ def make(name: str) -> GridEnv:
     raise KeyError(f"unknown MiniGrid env {name!r}; known: {known}")
 
 
-__all__ = ["ENVS", "NUM_ACTIONS", "VARIANTS", "GridEnv", "State", "make"]
+__all__ = ["ACTION_NAMES", "ENVS", "NUM_ACTIONS", "VARIANTS", "GridEnv", "State", "make"]

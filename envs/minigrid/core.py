@@ -19,8 +19,9 @@ from flax import struct
 UNSEEN, EMPTY, WALL, FLOOR, DOOR, KEY, BALL, BOX, GOAL, LAVA, AGENT = range(11)
 RED, GREEN, BLUE, PURPLE, YELLOW, GREY = range(6)
 OPEN, CLOSED, LOCKED = range(3)
-LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(7)
-NUM_ACTIONS = 7
+ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
+LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(len(ACTION_NAMES))
+NUM_ACTIONS = len(ACTION_NAMES)
 VIEW = 7  # agent_view_size (every env here uses minigrid's default)
 
 OBJECT_NAMES = (
