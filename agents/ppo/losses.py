@@ -35,6 +35,11 @@ def normalise_per_task(adv: jax.Array, task_axis: int) -> jax.Array:
     return (adv - mean) / (std + 1e-8)
 
 
+def entropy(log_probs: jax.Array) -> jax.Array:
+    """Entropy (nats) of the categorical distributions given by `log_probs` (..., A)."""
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
+
+
 def policy_loss(logits, actions, old_log_prob, advantages, clip: float, entropy_coef: float):
     """Clipped surrogate minus the entropy bonus, averaged over samples. -> (loss, aux).
 
@@ -45,9 +50,9 @@ def policy_loss(logits, actions, old_log_prob, advantages, clip: float, entropy_
     log_prob = jnp.take_along_axis(log_probs, actions[..., None], -1)[..., 0]
     ratio = jnp.exp(log_prob - old_log_prob)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1 - clip, 1 + clip) * advantages)
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
-    loss = -surrogate.mean() - entropy_coef * entropy.mean()
-    return loss, {"entropy": entropy.mean(), "task_entropy": entropy.mean(-1), "clip_fraction":
+    spread = entropy(log_probs)
+    loss = -surrogate.mean() - entropy_coef * spread.mean()
+    return loss, {"entropy": spread.mean(), "task_entropy": spread.mean(-1), "clip_fraction":
                   (jnp.abs(ratio - 1) > clip).mean(), "approx_kl": (old_log_prob - log_prob).mean()}
 
 

@@ -274,8 +274,7 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             states, obs, reward, terminated, truncated, _ = eval_env.step(states, action, k_env)
             ended = terminated | truncated
             moved = jnp.any(jnp.stack([s.agent_pos for s in states]) != position, -1)
-            log_probs = jax.nn.log_softmax(logits)
-            entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
+            entropy = losses.entropy(jax.nn.log_softmax(logits))
             counted = alive.astype(jnp.float32)
             continued = (alive & ~ended).astype(jnp.float32)
             sums = {"steps": sums["steps"] + counted.sum(1),
@@ -301,8 +300,9 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             return ret, success, timeout
         behaviour = {"entropy": sums["entropy"] / sums["steps"],
                      "actions": sums["actions"] / sums["steps"][:, None],
-                     "moved": jnp.where(sums["continued"] > 0, sums["moved"], jnp.nan)
-                     / jnp.maximum(sums["continued"], 1)}
+                     "moved": jnp.where(sums["continued"] > 0,
+                                        sums["moved"] / jnp.maximum(sums["continued"], 1),
+                                        jnp.nan)}
         return ret, success, timeout, behaviour
 
     return PPO(actor, critic, env, init, train_updates, learn, sample, policy, evaluate)
