@@ -272,6 +272,12 @@ def cmd_train(args) -> int:
         from training.dt_loop import open_dataset
 
         open_dataset(cfgs[0])
+    if cfgs[0].algo == "ppo":  # seeds that cannot fit: before any run dir
+        from training.ppo_loop import check_memory
+
+        fits = check_memory(cfgs)
+        if fits:
+            print(fits, flush=True)
 
     if args.resume:
         for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything

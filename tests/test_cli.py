@@ -41,6 +41,11 @@ def _launch(*args, cwd=None):
      "env.backend gym trains one seed per process; got 2 seeds"),
     (["train", "--preset", "minigrid_mt3_moore", "--env.suite", "minigrid_custom",
       "--env.tasks", "LavaGapS9"], "unknown MiniGrid env 'LavaGapS9' in --env.tasks"),
+    # XLA plans over 1 TiB for this chunk: refused before it starts
+    (["train", "--preset", "minigrid_mt3_mtppo", *(f"--{k}=10000000" for k in (
+        "ppo.steps_per_task", "train.total_steps_per_task", "train.eval_every",
+        "train.checkpoint_every"))],
+     "the training chunk of 1 seed of 'minigrid_mt3_mtppo' needs"),
     (["train", "--preset", "mt10_mtdt"], "algo dt trains from a dataset: pass --dt.dataset DIR"),
     (["train", "--preset", "mt10_mtdt", "--dt.dataset", "/nonexistent/data"],
      "dataset '/nonexistent/data' not found (make one with `python launch.py collect`)"),

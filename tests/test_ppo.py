@@ -162,6 +162,25 @@ def _evals(run):
     return [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
 
 
+def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
+    from training import ppo_loop
+    from training.memory import call_bytes, free_bytes
+
+    assert free_bytes(jax.devices()[0]) > 0  # the host's MemAvailable
+    cfgs = [tiny_config(0), tiny_config(1)]  # the shapes the resume test below compiles
+    need = call_bytes(ppo_loop.compiled_chunk(cfgs[0], 2))
+    assert need > 0
+    monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need * 3 // 4)  # one seed fits
+    with pytest.raises(UsageError, match=r"chunk of 2 seeds of 'minigrid_mt3_mtppo' needs .* "
+                                         r"at most 1 per process \(--num-seeds 1\)"):
+        ppo_loop.check_memory(cfgs)
+    monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need // 4)
+    with pytest.raises(UsageError, match="lower --ppo.steps_per_task"):
+        ppo_loop.check_memory(cfgs)
+    monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need)
+    assert ppo_loop.check_memory(cfgs).startswith("memory: the training chunk of 2 seeds needs")
+
+
 def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
     from training.ppo_loop import PPOTrainer
 

@@ -20,6 +20,7 @@ to an uninterrupted run. The on-device backend resumes exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -40,6 +41,7 @@ from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config, diff
 from training.errors import TrainingDiverged, UsageError
+from training.memory import GIB, call_bytes, free_bytes
 
 
 def seed_keys(seed: int):
@@ -66,6 +68,55 @@ def over_seeds(fn, count: int):
         return jax.tree.map(lambda x: x[None], out)
 
     return single
+
+
+def steps_per_chunk(cfg: Config) -> int:
+    """Env steps per task between two host visits: every evaluation and checkpoint falls on a
+    chunk boundary."""
+    t = cfg.train
+    return math.gcd(t.eval_every, t.checkpoint_every, t.total_steps_per_task)
+
+
+@functools.lru_cache(maxsize=2)
+def _compile_chunk(cfg: Config, num_seeds: int):
+    ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
+    keys = jax.ShapeDtypeStruct((num_seeds, 2), jnp.uint32)
+    state = jax.eval_shape(jax.vmap(ppo.init), keys)
+    chunk = functools.partial(ppo.train_updates,
+                              num_updates=steps_per_chunk(cfg) // cfg.ppo.steps_per_task)
+    return jax.jit(over_seeds(chunk, num_seeds), donate_argnums=0).lower(state).compile()
+
+
+def compiled_chunk(cfg: Config, num_seeds: int):
+    """The on-device training chunk of `num_seeds` seeds of `cfg`, compiled ahead of the run
+    (state -> (state, metrics), the state donated). Cached, so that the memory check and the
+    trainer share one compilation; the seed does not change the program."""
+    return _compile_chunk(dataclasses.replace(cfg, seed=0), num_seeds)
+
+
+def check_memory(cfgs: list[Config]) -> str | None:
+    """Refuse to start seeds whose compiled training chunk needs more memory than the device
+    has free (UsageError naming both and how many seeds would fit); -> a line giving both,
+    or None on the gym backend or where either figure is unknown."""
+    cfg, count = cfgs[0], len(cfgs)
+    if cfg.env.backend == "gym":
+        return None
+    device = jax.devices()[0]
+    need, free = call_bytes(compiled_chunk(cfg, count)), free_bytes(device)
+    if need is None or free is None:
+        return None
+    per_seed = need / count
+    seeds = f"{count} seed{'s' if count > 1 else ''}"
+    if need > free:
+        fits = int(free // per_seed)
+        advice = (f"train or resume at most {fits} per process (--num-seeds {fits})"
+                  if fits else "lower --ppo.steps_per_task or use a device with more memory")
+        raise UsageError(f"the training chunk of {seeds} of '{cfg.preset}' needs "
+                         f"{need / GIB:.1f} GiB ({per_seed / GIB:.1f} GiB per seed) but the "
+                         f"{device.platform} device has {free / GIB:.1f} GiB free; {advice}")
+    return (f"memory: the training chunk of {seeds} needs {need / GIB:.1f} GiB "
+            f"({per_seed / GIB:.1f} GiB per seed); {free / GIB:.1f} GiB free on the "
+            f"{device.platform} device")
 
 
 def evaluation_record(suite: str, deterministic: bool, names, step: int, updates: int, returns,
@@ -102,12 +153,9 @@ class PPOTrainer:
         self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
         self.ppo = make_ppo(self.cfg.ppo, self.cfg.network, self.names)
         t, p = self.cfg.train, self.cfg.ppo
-        self.steps_per_chunk = math.gcd(t.eval_every, t.checkpoint_every, t.total_steps_per_task)
+        self.steps_per_chunk = steps_per_chunk(self.cfg)
         self.updates_per_chunk = self.steps_per_chunk // p.steps_per_task
         self.checkpointers = [Checkpointer(r / "checkpoints", t.keep_checkpoints) for r in runs]
-        self._train = jax.jit(over_seeds(functools.partial(
-            self.ppo.train_updates, num_updates=self.updates_per_chunk), len(seeds)),
-            donate_argnums=0)
         self._evaluate = jax.jit(over_seeds(functools.partial(
             self.ppo.evaluate, episodes=self.cfg.eval.episodes,
             deterministic=self.cfg.eval.deterministic), len(seeds)))
@@ -197,7 +245,7 @@ class PPOTrainer:
         return last
 
     def _device_chunk(self) -> dict:
-        self.state, metrics = self._train(self.state)
+        self.state, metrics = compiled_chunk(self.cfg, len(self.runs))(self.state)
         return jax.device_get(metrics)
 
     def _log(self, writers, metrics: dict, elapsed: float) -> None:

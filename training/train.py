@@ -32,8 +32,9 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
         (cfg,), (run,) = cfgs, runs
         return [DTTrainer(cfg, run, show_progress=show_progress).train(resume=resume)]
     if cfgs[0].algo == "ppo":
-        from training.ppo_loop import PPOTrainer
+        from training.ppo_loop import PPOTrainer, check_memory
 
+        check_memory(cfgs)  # a grid job too is refused before it trains, not killed mid-run
         return PPOTrainer(cfgs, runs, show_progress=show_progress).train(resume=resume)
     from training.loop import Trainer  # imports JAX and builds envs
 
