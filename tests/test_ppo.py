@@ -18,6 +18,7 @@ from agents.ppo.train import PPOConfig
 from envs.minigrid import ENVS
 from envs.minigrid.multitask import MultiTaskGrid
 from experiments.presets import get_preset
+from tests.conftest import tensorboard_scalars
 from training import config as config_lib
 from training.errors import UsageError
 
@@ -190,6 +191,12 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
     (full0, full1), full = _train(cfgs, tmp_path / "full")
     assert [r["step"] for r in _evals(full0)] == [0, 32, 64, 96]
     assert (full0 / "final.json").is_file()
+    logged = tensorboard_scalars(full0 / "tb")
+    for task in TINY_TASKS:  # per-task training entropy, one per chunk
+        entropy = logged[f"train_entropy/{task}"]
+        assert [step for step, _ in entropy] == [32, 64, 96]
+        assert all(0 < value <= np.log(7) for _, value in entropy)
+        assert [step for step, _ in logged[f"eval_success/{task}"]] == [0, 32, 64, 96]
 
     # Interrupt after the second chunk (its checkpoint is written), then resume.
     original = PPOTrainer._device_chunk
