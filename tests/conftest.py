@@ -1,7 +1,11 @@
+import contextlib
+import itertools
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,3 +35,23 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+@contextlib.contextmanager
+def interrupted_at_call(cls, method: str, call: int):
+    """Inside the block, `cls.method` raises KeyboardInterrupt on its `call`-th call, as a run
+    stopped there would; the block must end by that interrupt."""
+    original = getattr(cls, method)
+    count = itertools.count(1)
+
+    def interrupted(self, *args, **kwargs):
+        if next(count) == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    setattr(cls, method, interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        setattr(cls, method, original)

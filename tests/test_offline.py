@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from agents.dt.train import device_data, make_dt_learner, window
+from tests.conftest import interrupted_at_call
 from training import config as config_lib
 from training.collect import collect_scripted
 from training.config import Config, EnvConfig, EvalConfig, TrainConfig
@@ -298,7 +299,7 @@ def _evals(run):
     return [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
 
 
-def test_interrupted_dt_run_resumes_exactly(dataset_dir, tmp_path, monkeypatch):
+def test_interrupted_dt_run_resumes_exactly(dataset_dir, tmp_path):
     from training import run_dir as run_lib
     from training.dt_loop import DTTrainer, reevaluate
 
@@ -310,20 +311,9 @@ def test_interrupted_dt_run_resumes_exactly(dataset_dir, tmp_path, monkeypatch):
     assert [r["step"] for r in _evals(full)] == [12] and final == _evals(full)[-1]
     assert set(final["per_task"]) == set(TASKS)
 
-    original = DTTrainer._chunk
-    calls = {"n": 0}
-
-    def interrupted(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(DTTrainer, "_chunk", interrupted)
     cut = run_lib.create_at(tmp_path / "cut", cfg)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(DTTrainer, "_chunk", 3):
         DTTrainer(cfg, cut, show_progress=False).train()
-    monkeypatch.setattr(DTTrainer, "_chunk", original)
     resumed = DTTrainer(cfg, cut, show_progress=False)
     resumed.train(resume=True)
     assert _evals(cut) == _evals(full)

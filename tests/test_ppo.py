@@ -18,7 +18,7 @@ from agents.ppo.train import PPOConfig
 from envs.minigrid import ENVS
 from envs.minigrid.multitask import MultiTaskGrid
 from experiments.presets import get_preset
-from tests.conftest import tensorboard_scalars
+from tests.conftest import interrupted_at_call, tensorboard_scalars
 from training import config as config_lib
 from training.errors import UsageError
 
@@ -182,7 +182,7 @@ def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
     assert ppo_loop.check_memory(cfgs).startswith("memory: the training chunk of 2 seeds needs")
 
 
-def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):
     from training.ppo_loop import PPOTrainer
 
     cfgs = [tiny_config(0), tiny_config(1)]
@@ -199,19 +199,8 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path, monkeypatch):
         assert [step for step, _ in logged[f"eval_success/{task}"]] == [0, 32, 64, 96]
 
     # Interrupt after the second chunk (its checkpoint is written), then resume.
-    original = PPOTrainer._device_chunk
-    calls = {"n": 0}
-
-    def interrupted(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(PPOTrainer, "_device_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(PPOTrainer, "_device_chunk", 3):
         _train(cfgs, tmp_path / "cut")
-    monkeypatch.setattr(PPOTrainer, "_device_chunk", original)
     runs = [tmp_path / "cut" / "s0", tmp_path / "cut" / "s1"]
     _, resumed = _train(cfgs, tmp_path, resume=True, runs=runs)
     for a, b in ((full0, runs[0]), (full1, runs[1])):
