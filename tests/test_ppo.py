@@ -52,12 +52,16 @@ def test_gae_matches_moore_reference():
     np.testing.assert_allclose(ours_target[:, 0], target, rtol=1e-5, atol=1e-5)
 
 
-def test_advantages_normalised_within_each_task():
+def test_advantages_normalised_within_each_task_or_the_batch():
     scales = np.array([1.0, 10.0, 100.0])[None, :, None]
     adv = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3, 4)) * scales)
-    out = losses.normalise_per_task(adv, task_axis=1)
+    out = losses.normalise_advantages(adv, "task", task_axis=1)
     np.testing.assert_allclose(out.mean((0, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std((0, 2)), 1.0, atol=1e-4)
+    whole = losses.normalise_advantages(adv, "batch", task_axis=1)
+    np.testing.assert_allclose([whole.mean(), whole.std()], [0.0, 1.0], atol=1e-4)
+    assert whole[:, 0].std() < 0.1 < whole[:, 2].std()  # the tasks' scales survive
+    np.testing.assert_array_equal(losses.normalise_advantages(adv, "none", task_axis=1), adv)
 
 
 def test_policy_loss_clips_the_ratio():
@@ -163,6 +167,25 @@ def _evals(run):
     return [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
 
 
+def test_advantage_normalisation_changes_the_actor_update_only():
+    from agents.ppo.train import make_ppo
+
+    cfg = tiny_config()
+    after = {}
+    for mode in ("task", "batch"):
+        ppo = make_ppo(dataclasses.replace(cfg.ppo, advantage_normalisation=mode), cfg.network,
+                       TINY_TASKS)
+        state, _ = jax.jit(ppo.train_updates, static_argnums=1)(
+            ppo.init(jax.random.PRNGKey(0)), 1)
+        after[mode] = state.learner
+    task, batch = after["task"], after["batch"]
+    assert not all(np.allclose(a, b) for a, b in zip(
+        jax.tree.leaves(task.actor_params), jax.tree.leaves(batch.actor_params), strict=True))
+    for a, b in zip(jax.tree.leaves(task.critic_params), jax.tree.leaves(batch.critic_params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)  # value targets do not depend on the advantages
+
+
 def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
     from training import ppo_loop
     from training.memory import call_bytes, free_bytes
@@ -257,6 +280,8 @@ def test_gym_backend_trains_and_evaluates(tmp_path):
     ({"ppo.num_minibatches": "3"}, r"--ppo.num_minibatches \(3\) must divide"),
     ({"train.eval_every": "3000"}, r"--train.eval_every \(3000\) must be a multiple"),
     ({"env.suite": "minigrid_mt4"}, "unknown MiniGrid suite 'minigrid_mt4'"),
+    ({"ppo.advantage_normalisation": "global"},
+     "unknown ppo.advantage_normalisation 'global'; valid: task, batch, none"),
 ])
 def test_bad_ppo_configs_are_refused(override, message):
     cfg = config_lib.apply_overrides(get_preset("minigrid_mt3_moore"), override)

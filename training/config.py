@@ -276,6 +276,7 @@ def _validate_dt(cfg: Config) -> None:
 
 
 def _validate_ppo(cfg: Config) -> None:
+    from agents.ppo.losses import ADVANTAGE_NORMALISATIONS
     from envs.minigrid.multitask import task_names
 
     task_names(cfg.env.suite, cfg.env.tasks)
@@ -298,6 +299,9 @@ def _validate_ppo(cfg: Config) -> None:
         raise UsageError("--ppo.clip must be positive and --ppo.entropy_coef and "
                          f"--ppo.max_grad_norm >= 0, got {p.clip}, {p.entropy_coef}, "
                          f"{p.max_grad_norm}")
+    if p.advantage_normalisation not in ADVANTAGE_NORMALISATIONS:
+        raise UsageError(f"unknown ppo.advantage_normalisation '{p.advantage_normalisation}'; "
+                         f"valid: {', '.join(ADVANTAGE_NORMALISATIONS)}")
     if p.steps_per_task % p.envs_per_task:
         raise UsageError(f"--ppo.envs_per_task ({p.envs_per_task}) must divide "
                          f"--ppo.steps_per_task ({p.steps_per_task})")

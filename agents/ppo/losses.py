@@ -27,9 +27,19 @@ def gae(values, next_values, rewards, terminated, done, gamma: float, lam: float
     return adv, adv + values
 
 
-def normalise_per_task(adv: jax.Array, task_axis: int) -> jax.Array:
-    """Zero mean, unit std within each task (numpy's std, + 1e-8), as MOORE does."""
-    axes = tuple(a for a in range(adv.ndim) if a != task_axis % adv.ndim)
+ADVANTAGE_NORMALISATIONS = ("task", "batch", "none")
+
+
+def normalise_advantages(adv: jax.Array, mode: str, task_axis: int) -> jax.Array:
+    """Zero mean, unit std (numpy's std, + 1e-8): "task" within each task, as MOORE does;
+    "batch" over the whole rollout, all tasks together (single-task PPO's habit); "none"
+    leaves the advantages as they are."""
+    if mode == "none":
+        return adv
+    if mode == "batch":
+        axes = tuple(range(adv.ndim))
+    else:
+        axes = tuple(a for a in range(adv.ndim) if a != task_axis % adv.ndim)
     mean = adv.mean(axes, keepdims=True)
     std = adv.std(axes, keepdims=True)
     return (adv - mean) / (std + 1e-8)

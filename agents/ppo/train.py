@@ -61,6 +61,10 @@ class PPOConfig:
     critic_epochs: int = 1
     critic_minibatches: int = 1
     max_grad_norm: float = 0.0  # global-norm clipping of each update; 0: none (MOORE)
+    # "task": advantages normalised within each task (MOORE); "batch": over all tasks
+    # together; "none". The alternatives exist to test whether per-task normalisation, which
+    # scales a reward-less task's pure critic noise to unit size, is why runs freeze.
+    advantage_normalisation: str = "task"
 
 
 class Rollout(NamedTuple):
@@ -221,7 +225,7 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
         adv, targets = losses.gae(to_time(values), to_time(next_values), rollout.reward,
                                   rollout.terminated.astype(jnp.float32), rollout.done,
                                   ppo.gamma, ppo.gae_lambda)
-        adv = losses.normalise_per_task(adv, task_axis=1)
+        adv = losses.normalise_advantages(adv, ppo.advantage_normalisation, task_axis=1)
         key, k_critic, k_actor = jax.random.split(learner.key, 3)
         critic_params, critic_opt, critic_metrics = minibatch_steps(
             learner.critic_params, learner.critic_opt, critic_tx, critic_loss,
