@@ -180,7 +180,8 @@ def test_batches_group_seeds_that_start_from_the_same_point(tmp_path):
         ["minigrid_mt3_mtppo-b-s0", "minigrid_mt3_mtppo-b-s1"]]
 
 
-def _fake_train_runs(monkeypatch):
+def _fake_train_runs(monkeypatch, fits=None):
+    """Record train_runs' calls instead of training; `fits` seeds fit in memory (all: None)."""
     import training.train
 
     calls = []
@@ -190,6 +191,8 @@ def _fake_train_runs(monkeypatch):
         return [{"step": c.seed} for c in cfgs]
 
     monkeypatch.setattr(training.train, "train_runs", train_runs)
+    monkeypatch.setattr(training.train, "seeds_per_process",
+                        lambda cfgs: len(cfgs) if fits is None else min(fits, len(cfgs)))
     return calls
 
 
@@ -222,6 +225,18 @@ def test_execute_group_trains_a_group_in_one_call(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"mtppo-s1' exists with a different config \(ppo"):
         grid_lib.execute_group([runs[5], other])
     assert calls == [] and not runs[5].run_dir.exists()
+
+
+def test_a_group_that_does_not_fit_in_memory_trains_in_parts(tmp_path, monkeypatch, capsys):
+    calls = _fake_train_runs(monkeypatch, fits=2)
+    _, runs = _ppo_grid(tmp_path)
+    mtppo = runs[5:10]
+    assert grid_lib.execute_group(mtppo) == [{"step": s} for s in range(5)]
+    assert calls == [([0, 1], [r.name for r in mtppo[:2]], False),
+                     ([2, 3], [r.name for r in mtppo[2:4]], False),
+                     ([4], [mtppo[4].name], False)]
+    assert "5 seeds of minigrid_mt3_mtppo-s0 do not fit in memory together; training them 2 " \
+           "at a time" in capsys.readouterr().out
 
 
 def test_local_worker_and_backend_run_one_process_per_group(tmp_path, monkeypatch, capsys):

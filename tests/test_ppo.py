@@ -189,20 +189,25 @@ def test_advantage_normalisation_changes_the_actor_update_only():
 def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
     from training import ppo_loop
     from training.memory import call_bytes, free_bytes
+    from training.train import seeds_per_process
 
     assert free_bytes(jax.devices()[0]) > 0  # the host's MemAvailable
     cfgs = [tiny_config(0), tiny_config(1)]  # the shapes the resume test below compiles
     need = call_bytes(ppo_loop.compiled_chunk(cfgs[0], 2))
-    assert need > 0
+    assert need > 0 and seeds_per_process(cfgs) == 2
     monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need * 3 // 4)  # one seed fits
+    assert seeds_per_process(cfgs) == 1  # what a grid group is split to
     with pytest.raises(UsageError, match=r"chunk of 2 seeds of 'minigrid_mt3_mtppo' needs .* "
                                          r"at most 1 per process \(--num-seeds 1\)"):
         ppo_loop.check_memory(cfgs)
     monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need // 4)
+    assert seeds_per_process(cfgs) == 0
     with pytest.raises(UsageError, match="lower --ppo.steps_per_task"):
         ppo_loop.check_memory(cfgs)
     monkeypatch.setattr(ppo_loop, "free_bytes", lambda device: need)
     assert ppo_loop.check_memory(cfgs).startswith("memory: the training chunk of 2 seeds needs")
+    gym = dataclasses.replace(cfgs[0], env=dataclasses.replace(cfgs[0].env, backend="gym"))
+    assert seeds_per_process([gym]) == 1 and ppo_loop.check_memory([gym]) is None
 
 
 def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):

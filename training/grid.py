@@ -25,7 +25,9 @@ from their last checkpoint.
 `batch_seeds = N` trains up to N seeds of one preset and variant together, vmapped in one
 process (one local subprocess, one Slurm array task): `batches` groups the unfinished runs
 whose configs differ only in the seed and that resume from the same point, since the PPO
-trainer restores a batch from one common env step.
+trainer restores a batch from one common env step. A group whose compiled training chunk
+needs more memory than the device has free (XLA's plan, `training/ppo_loop.check_memory`)
+trains in turn in parts that fit.
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def execute_group(runs: list[GridRun], show_progress: bool = False) -> list[dict
     (a job killed between the runs' checkpoint saves), each consistent subgroup trains in
     turn rather than fail: every run still finishes.
     """
-    from training.train import train_runs
+    from training.train import seeds_per_process, train_runs
 
     groups = batches(runs, max(len(runs), 1))
     for run in (run for group in groups for run in group):  # refused before any training
@@ -240,11 +242,16 @@ def execute_group(runs: list[GridRun], show_progress: bool = False) -> list[dict
     results: dict[str, dict] = {}
     for group in groups:
         resume = run_status(group[0]) == "partial"
-        for run in group:
-            _prepare(run)
-        records = train_runs([r.config for r in group], [r.run_dir for r in group],
-                             resume=resume, show_progress=show_progress)
-        results.update(zip((r.name for r in group), records, strict=True))
+        size = max(seeds_per_process([r.config for r in group]), 1)  # 0: train_runs says so
+        if size < len(group):
+            print(f"{len(group)} seeds of {group[0].name} do not fit in memory together; "
+                  f"training them {size} at a time", flush=True)
+        for part in (group[i:i + size] for i in range(0, len(group), size)):
+            for run in part:
+                _prepare(run)
+            records = train_runs([r.config for r in part], [r.run_dir for r in part],
+                                 resume=resume, show_progress=show_progress)
+            results.update(zip((r.name for r in part), records, strict=True))
     return [results.get(run.name) for run in runs]
 
 

@@ -21,6 +21,17 @@ def check_seed_batch(cfgs: list[Config]) -> None:
                          "(use env.backend jax to batch seeds)")
 
 
+def seeds_per_process(cfgs: list[Config]) -> int:
+    """How many of these seeds (one config's) fit in one process's device memory, checked
+    before training: PPO on the device compiles its chunk and reads XLA's memory plan; the
+    other loops train one seed per process."""
+    if cfgs[0].algo != "ppo":
+        return len(cfgs)
+    from training.ppo_loop import seeds_that_fit
+
+    return seeds_that_fit(cfgs)
+
+
 def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
                show_progress: bool) -> list[dict]:
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
