@@ -272,17 +272,16 @@ def cmd_train(args) -> int:
         from training.dt_loop import open_dataset
 
         open_dataset(cfgs[0])
-    if cfgs[0].algo == "ppo":  # seeds that cannot fit: before any run dir
+    if args.resume:
+        for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
+            Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()
+    if cfgs[0].algo == "ppo":  # seeds that cannot fit: refused before any run dir
         from training.ppo_loop import check_memory
 
         fits = check_memory(cfgs)
         if fits:
             print(fits, flush=True)
-
-    if args.resume:
-        for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
-            Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()
-    else:
+    if not args.resume:
         runs = [run_lib.create(args.out, cfg) for cfg in cfgs]
     for run in runs:
         print(f"run directory: {run}", flush=True)

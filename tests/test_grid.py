@@ -235,8 +235,20 @@ def test_a_group_that_does_not_fit_in_memory_trains_in_parts(tmp_path, monkeypat
     assert calls == [([0, 1], [r.name for r in mtppo[:2]], False),
                      ([2, 3], [r.name for r in mtppo[2:4]], False),
                      ([4], [mtppo[4].name], False)]
-    assert "5 seeds of minigrid_mt3_mtppo-s0 do not fit in memory together; training them 2 " \
+    assert "5 seeds of minigrid_mt3_mtppo do not fit in memory together; training them 2 " \
            "at a time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("free, size", [(8.0, 5), (4.0, 2), (3.9, 1), (2.0, 1)])
+def test_a_batch_size_is_checked_again_at_that_size(free, size):
+    from training.ppo_loop import _fitting
+
+    # a chunk needing 2 + n units for n seeds: 5 seeds at 7 units estimate 1.4 per seed, but
+    # 2 seeds need 4, not 2.8
+    def seeds_per_process(cfgs):
+        return _fitting(2 + len(cfgs), free, len(cfgs))
+
+    assert grid_lib._fitting_size(list(range(5)), seeds_per_process) == size
 
 
 def test_local_worker_and_backend_run_one_process_per_group(tmp_path, monkeypatch, capsys):

@@ -242,10 +242,10 @@ def execute_group(runs: list[GridRun], show_progress: bool = False) -> list[dict
     results: dict[str, dict] = {}
     for group in groups:
         resume = run_status(group[0]) == "partial"
-        size = max(seeds_per_process([r.config for r in group]), 1)  # 0: train_runs says so
+        size = _fitting_size([r.config for r in group], seeds_per_process)
         if size < len(group):
-            print(f"{len(group)} seeds of {group[0].name} do not fit in memory together; "
-                  f"training them {size} at a time", flush=True)
+            print(f"{len(group)} seeds of {group[0].name.rsplit('-s', 1)[0]} do not fit in "
+                  f"memory together; training them {size} at a time", flush=True)
         for part in (group[i:i + size] for i in range(0, len(group), size)):
             for run in part:
                 _prepare(run)
@@ -253,6 +253,19 @@ def execute_group(runs: list[GridRun], show_progress: bool = False) -> list[dict
                                  resume=resume, show_progress=show_progress)
             results.update(zip((r.name for r in part), records, strict=True))
     return [results.get(run.name) for run in runs]
+
+
+def _fitting_size(cfgs: list, seeds_per_process) -> int:
+    """The largest batch of these seeds that its own memory check passes: each estimate is
+    checked again at its size, since a fixed cost makes a smaller batch need more per seed.
+    1 if none does (train_runs then refuses it with the reason)."""
+    size = len(cfgs)
+    while size > 1:
+        fits = seeds_per_process(cfgs[:size])
+        if fits >= size:
+            break
+        size = max(fits, 1)
+    return size
 
 
 def status_table(runs: list[GridRun]) -> str:

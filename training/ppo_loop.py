@@ -106,13 +106,15 @@ def _memory(cfgs: list[Config]):
 
 def seeds_that_fit(cfgs: list[Config]) -> int:
     """How many of these seeds one process can train together: all of them where they fit or
-    the figures are unknown, else as many as the free memory holds at the measured need per
-    seed (XLA's plan grows linearly with the seeds: 3.0 GiB per MT7 MOORE seed at 1 and 3)."""
+    the figures are unknown, else as many as the free memory holds at their need per seed
+    (XLA's plan grows about linearly with the seeds: 2.9 GiB per MT7 MOORE seed at 1 and 3;
+    a fixed part would make a smaller batch need more per seed, so check the batch again)."""
     found = _memory(cfgs)
-    if found is None or found[0] <= found[1]:
-        return len(cfgs)
-    need, free, _ = found
-    return int(free // (need / len(cfgs)))
+    return len(cfgs) if found is None else _fitting(found[0], found[1], len(cfgs))
+
+
+def _fitting(need: int, free: int, count: int) -> int:
+    return count if need <= free else int(free // (need / count))
 
 
 def check_memory(cfgs: list[Config]) -> str | None:
@@ -126,9 +128,10 @@ def check_memory(cfgs: list[Config]) -> str | None:
     per_seed = need / count
     seeds = f"{count} seed{'s' if count > 1 else ''}"
     if need > free:
-        fits = seeds_that_fit(cfgs)
-        advice = (f"train or resume at most {fits} per process (--num-seeds {fits})"
-                  if fits else "lower --ppo.steps_per_task or use a device with more memory")
+        fits = _fitting(need, free, count)
+        advice = (f"train at most {fits} per process (--num-seeds {fits}, or {fits} run "
+                  f"directories to --resume)" if fits else
+                  "lower --ppo.steps_per_task or use a device with more memory")
         raise UsageError(f"the training chunk of {seeds} of '{cfgs[0].preset}' needs "
                          f"{need / GIB:.1f} GiB ({per_seed / GIB:.1f} GiB per seed) but the "
                          f"{device.platform} device has {free / GIB:.1f} GiB free; {advice}")
