@@ -262,13 +262,27 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):
                 b["per_task"][task]["return"], abs=1e-4)
 
 
-def test_gym_backend_trains_and_evaluates(tmp_path):
+def test_gym_backend_trains_resumes_deterministically_and_evaluates(tmp_path):
+    import shutil
+
+    from training import run_dir as run_lib
+    from training.ppo_loop import PPOTrainer
+
     cfg = tiny_config(0, backend="gym")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps_per_task=32))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps_per_task=64))
     config_lib.validate(cfg)
-    (run,), _ = _train([cfg], tmp_path)
+    cut = run_lib.create_at(tmp_path / "cut", cfg)
+    with interrupted_at_call(PPOTrainer, "_gym_chunk", 2):  # after the step-32 checkpoint
+        _train([cfg], tmp_path, runs=[cut])
+    # The host envs restart on resume (seeded by seed and step): two resumes agree.
+    runs = [shutil.copytree(cut, tmp_path / name) for name in ("again", "twice")]
+    states = [_train([cfg], tmp_path, resume=True, runs=[run])[1].state for run in runs]
+    assert _evals(runs[0]) == _evals(runs[1])
+    for x, y in zip(*map(jax.tree.leaves, states), strict=True):
+        np.testing.assert_array_equal(x, y)
+    run = runs[0]
     records = _evals(run)
-    assert [r["step"] for r in records] == [0, 32]
+    assert [r["step"] for r in records] == [0, 32, 64]
     assert set(records[-1]["per_task"]) == set(TINY_TASKS)
     assert all(r["per_task"][TINY_TASKS[0]]["episodes"] == 2 for r in records)
     from training.ppo_loop import reevaluate
