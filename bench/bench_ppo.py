@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import platform
 import sys
@@ -54,15 +53,18 @@ def gym_run(cfg):
 
 
 def jax_run(cfg, seeds: int):
-    """A zero-argument function running one PPO iteration of `seeds` seeds on the device."""
+    """A zero-argument function running one PPO iteration of `seeds` seeds on the device: the
+    trainer's own compiled chunk, at one iteration per chunk."""
     from agents.ppo.train import make_ppo
-    from training.ppo_loop import over_seeds
+    from training.ppo_loop import compiled_chunk
 
+    step = cfg.ppo.steps_per_task
+    one = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, total_steps_per_task=step, eval_every=step, checkpoint_every=step))
     ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     holder = {"state": jax.jit(jax.vmap(ppo.init))(keys)}
-    train = jax.jit(over_seeds(functools.partial(ppo.train_updates, num_updates=1), seeds),
-                    donate_argnums=0)
+    train = compiled_chunk(one, seeds)
 
     def run():
         holder["state"], metrics = train(holder["state"])
