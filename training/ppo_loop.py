@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from agents.ppo.train import PPOState, Rollout, make_ppo
 from envs.minigrid import ACTION_NAMES
-from envs.minigrid.multitask import GymMultiTask, task_names
+from envs.minigrid.multitask import GymMultiTask, count_episode_step, task_names
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config, diff
@@ -380,10 +380,8 @@ def gym_evaluate(policy, actor_params, names, key, episodes: int, deterministic:
         key, k_act = jax.random.split(key)
         action = np.asarray(policy(actor_params, jnp.asarray(obs), k_act, deterministic))
         obs, reward, terminated, truncated, _ = env.step(action)
-        ret += np.where(alive, reward, 0.0)
-        success |= alive & terminated & (reward > 0)
-        timeout |= alive & truncated & ~terminated
-        alive &= ~(terminated | truncated)
+        ret, success, timeout, alive = count_episode_step(ret, success, timeout, alive, reward,
+                                                          terminated, truncated)
     env.close()
     return ret, success, timeout
 

@@ -39,7 +39,7 @@ from flax import struct
 from agents.networks import NetworkConfig
 from agents.ppo import losses
 from agents.ppo.networks import Actor, Critic, per_task_apply
-from envs.minigrid.multitask import ACTION_COUNT, OBS_DIM, MultiTaskGrid
+from envs.minigrid.multitask import ACTION_COUNT, OBS_DIM, MultiTaskGrid, count_episode_step
 
 
 @dataclass(frozen=True)
@@ -287,10 +287,8 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
                         action, ACTION_COUNT)).sum(1),
                     "continued": sums["continued"] + continued.sum(1),
                     "moved": sums["moved"] + (continued * moved).sum(1)}
-            ret = ret + jnp.where(alive, reward, 0.0)
-            success = success | (alive & terminated & (reward > 0))
-            timeout = timeout | (alive & truncated & ~terminated)
-            alive = alive & ~ended
+            ret, success, timeout, alive = count_episode_step(
+                ret, success, timeout, alive, reward, terminated, truncated)
             return (states, obs, ret, success, timeout, alive, sums, key), None
 
         zeros = jnp.zeros((num_tasks, episodes))

@@ -55,6 +55,18 @@ def task_names(suite: str, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:
     return SUITES[suite]
 
 
+def count_episode_step(ret, success, timeout, alive, reward, terminated, truncated):
+    """One step of evaluation episodes run side by side, each counted until it first ends;
+    numpy or JAX arrays alike. -> (ret, success, timeout, alive): the return so far, success
+    (ended in a terminal state with a reward: the goal), timeout (cut at max_steps), and
+    whether the episode is still running. Both backends' evaluations use it."""
+    ret = ret + reward * alive
+    success = success | (alive & terminated & (reward > 0))
+    timeout = timeout | (alive & truncated & ~terminated)
+    alive = alive & ~(terminated | truncated)
+    return ret, success, timeout, alive
+
+
 @dataclass(frozen=True)
 class MultiTaskGrid:
     """`envs_per_task` copies of each task's JAX environment, stepped together."""
