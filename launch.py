@@ -278,9 +278,9 @@ def cmd_train(args) -> int:
     if cfgs[0].algo == "ppo":  # seeds that cannot fit: refused before any run dir
         from training.ppo_loop import check_memory
 
-        fits = check_memory(cfgs)
-        if fits:
-            print(fits, flush=True)
+        plan = check_memory(cfgs)
+        if plan:
+            print(plan, flush=True)
     if not args.resume:
         runs = [run_lib.create(args.out, cfg) for cfg in cfgs]
     for run in runs:

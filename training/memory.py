@@ -71,7 +71,8 @@ def _cgroup_available(root: Path = Path("/sys/fs/cgroup"),
             continue
         try:
             limit, used = ((base / name).read_text().strip() for name in names)
-            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
+            stat = dict(entry.split() for entry in
+                        (base / "memory.stat").read_text().splitlines())
         except (OSError, ValueError):
             continue
         if limit == "max" or int(limit) >= _UNLIMITED:

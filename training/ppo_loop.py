@@ -238,6 +238,8 @@ class PPOTrainer:
         gym = self.cfg.env.backend == "gym"
         if gym:
             self._start_gym()
+        else:  # held for the run: the memory check's compilation, not a cache lookup per chunk
+            self._train = compiled_chunk(self.cfg, len(self.runs))
         backend = self._gym_chunk if gym else self._device_chunk
         try:
             if not resume:
@@ -266,7 +268,7 @@ class PPOTrainer:
         return last
 
     def _device_chunk(self) -> dict:
-        self.state, metrics = compiled_chunk(self.cfg, len(self.runs))(self.state)
+        self.state, metrics = self._train(self.state)
         return jax.device_get(metrics)
 
     def _log(self, writers, metrics: dict, elapsed: float) -> None:
