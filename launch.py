@@ -26,6 +26,7 @@ from pathlib import Path
 from training.errors import UsageError
 
 AGENTS = ("scripted",)
+_RUNS_IN_PROGRESS: list[Path] = []  # named by the Ctrl-C message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +46,9 @@ def _type_label(hint) -> str:
     return {int: "INT", float: "FLOAT", bool: "BOOL", str: "STR"}[hint]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from experiments.presets import DESCRIPTIONS, PRESETS
+def build_parser(preset: str = "demo") -> argparse.ArgumentParser:
+    """The command line; `train` and `params` show `preset`'s values as their defaults."""
+    from experiments.presets import DESCRIPTIONS, PRESETS, get_preset
     from training.config import option_table
 
     preset_lines = "\n".join(f"  {name:<18} {DESCRIPTIONS[name]}" for name in PRESETS)
@@ -75,14 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "vmapped call, one run directory each (default: 1)")
     train.add_argument("--out", default="runs", help="parent folder of new runs (default: runs)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_options(train, option_table())
+    shown = option_table(get_preset(preset))
+    _add_options(train, option_table(), shown, preset)
 
     params = commands.add_parser(
         "params", help="parameter counts of a preset's networks, per component",
         description="Parameter counts of the actor and critic, per component. Takes the same "
                     "--preset and --section.field overrides as train.")
     params.add_argument("--preset", default="demo", help="named configuration (default: demo)")
-    _add_options(params, option_table())
+    _add_options(params, option_table(), shown, preset)
 
     grid = commands.add_parser(
         "grid", help="launch an experiment grid (presets x variants x seeds) from a spec",
@@ -160,13 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_options(parser, table) -> None:
-    options = parser.add_argument_group("options (defaults shown are the bare config's; a "
-                                        "preset sets its own)")
-    for name, hint, default in table:
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        options.add_argument(f"--{name}", dest=name, default=None, metavar=_type_label(hint),
-                             help=f"(default: {shown})")
+def _add_options(parser, table, shown, preset: str) -> None:
+    """Every option is accepted (an option of a section the algorithm does not read is then
+    refused by name); help lists the preset's own sections, values and choices."""
+    algo = next(o.default for o in shown if o.name == "algo")
+    options = parser.add_argument_group(f"options of preset '{preset}' (algo {algo}; defaults "
+                                        "are the preset's values; --preset P --help shows "
+                                        "another preset's)")
+    values = {o.name: o for o in shown}
+    for option in table:
+        if option.name not in values:
+            options.add_argument(f"--{option.name}", dest=option.name, default=None,
+                                 help=argparse.SUPPRESS)
+            continue
+        option = values[option.name]
+        value = option.default
+        shown_value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        choices = f"; one of {', '.join(option.choices)}" if option.choices else ""
+        options.add_argument(f"--{option.name}", dest=option.name, default=None,
+                             metavar=_type_label(option.hint),
+                             help=f"{option.help}{choices} (default: {shown_value!s})"
+                             .replace("%", "%%"))
 
 
 def _overrides(args) -> dict:
@@ -181,6 +198,7 @@ BACKENDS = ("local", "slurm")
 
 def cmd_grid(args) -> int:
     from training import grid as grid_lib
+    from training import run_dir as run_lib
 
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend '{args.backend}'; valid: {', '.join(BACKENDS)}")
@@ -188,6 +206,7 @@ def cmd_grid(args) -> int:
         raise UsageError(f"--max-parallel must be >= 1, got {args.max_parallel}")
     spec = grid_lib.load_spec(args.spec)
     runs = grid_lib.expand(spec, args.out)
+    run_lib.check_output_folder(Path(args.out) / spec.name)
     if args.dry_run:
         print(grid_lib.status_table(runs))
         return 0
@@ -211,6 +230,10 @@ def cmd_status(args) -> int:
 
 def cmd_report(args) -> int:
     from training.report import report
+    from training.run_dir import check_output_folder
+
+    if args.out is not None:
+        check_output_folder(args.out)
 
     print(report(args.paths, args.out, metric=args.metric))
     return 0
@@ -245,6 +268,8 @@ def cmd_train(args) -> int:
     from training import run_dir as run_lib
 
     overrides = _overrides(args)
+    if not args.resume:
+        run_lib.check_output_folder(args.out)
     if args.num_seeds < 1:
         raise UsageError(f"--num-seeds must be >= 1, got {args.num_seeds}")
     if args.resume:
@@ -264,7 +289,6 @@ def cmd_train(args) -> int:
         cfgs = [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(args.num_seeds)]
     for cfg in cfgs:
         config_lib.validate(cfg)
-    from training.checkpoint import Checkpointer
     from training.train import check_seed_batch, train_runs
 
     check_seed_batch(cfgs)
@@ -272,9 +296,6 @@ def cmd_train(args) -> int:
         from training.dt_loop import open_dataset
 
         open_dataset(cfgs[0])
-    if args.resume:
-        for run, cfg in zip(runs, cfgs, strict=True):  # fail early, before building anything
-            Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore()
     if cfgs[0].algo == "ppo":  # seeds that cannot fit: refused before any run dir
         from training.ppo_loop import check_memory
 
@@ -283,6 +304,7 @@ def cmd_train(args) -> int:
             print(plan, flush=True)
     if not args.resume:
         runs = [run_lib.create(args.out, cfg) for cfg in cfgs]
+    _RUNS_IN_PROGRESS[:] = runs
     for run in runs:
         print(f"run directory: {run}", flush=True)
     results = train_runs(cfgs, runs, resume=bool(args.resume),
@@ -308,6 +330,9 @@ def cmd_collect(args) -> int:
         raise UsageError(f"unknown source '{args.source}'; valid: {', '.join(SOURCES)}")
     if not args.out:
         raise UsageError("collect needs --out DIR (the dataset directory to create)")
+    from training.run_dir import check_output_folder
+
+    check_output_folder(args.out, new=True)  # before collecting, not after
     tasks = tuple(t for t in args.tasks.split(",") if t)
     progress = not args.no_progress
     if args.source == "replay":
@@ -387,10 +412,33 @@ def _print_result(result: dict, title: str) -> None:
     print(f"\n{title}\n{format_table(result)}")
 
 
+def _preset_named(argv: list[str]) -> str:
+    """The --preset of a train or params command line (for its --help), else demo."""
+    for i, token in enumerate(argv):
+        if token == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--preset="):
+            return token.split("=", 1)[1]
+    return "demo"
+
+
+def _refuse_repeats(argv: list[str]) -> None:
+    """An option given twice is a mistake in a script or a grid (argparse would keep the
+    last silently)."""
+    seen = set()
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name = token.split("=", 1)[0]
+            if name in seen:
+                raise UsageError(f"option {name} given twice; give each option once")
+            seen.add(name)
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        parser = build_parser()
+        _refuse_repeats(argv)
+        parser = build_parser(_preset_named(argv))
         args = parser.parse_args(argv or ["train"])
         if args.command is None:
             parser.print_help()
@@ -403,7 +451,11 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with `python launch.py train --resume <run>`", file=sys.stderr)
+        if _RUNS_IN_PROGRESS:
+            print("interrupted; resume with `python launch.py train --resume "
+                  f"{' '.join(map(str, _RUNS_IN_PROGRESS))}`", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         from training.errors import TrainingDiverged

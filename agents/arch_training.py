@@ -2,7 +2,8 @@
 
 - PaCo masks a diverging task out of the shared update and resets its compositional vector.
 - Weight masks are changed by prune-and-regrow, never by the optimiser (the algorithm calls
-  `masks.regrow_tree` on its schedule when `regrows` is set).
+  `masks.regrow_tree` on its schedule when `regrows` is set; SAC and PPO do).
+- Every learner's optimiser step is `optimiser_step`: only the `params` collection trains.
 Every other architecture needs nothing: all tasks kept, parameters untouched.
 """
 
@@ -65,6 +66,15 @@ def make_arch_training(cfg: NetworkConfig) -> ArchTraining:
         return ArchTraining(keep, reset, regrows=False, one_task_per_pass=True)
     masked = cfg.arch == "weightmask"
     return ArchTraining(keep_all, _unchanged, regrows=masked, one_task_per_pass=masked)
+
+
+def optimiser_step(tx: optax.GradientTransformation, params, grads, opt_state, **extra_args):
+    """The one optimiser step every learner takes: only `params` is trained (masks and mask
+    probes keep their values exactly), then `tx` and its update. -> (params, opt_state).
+    `extra_args` reach transforms that take them (gradient surgery's per-task losses)."""
+    grads = trainable_only(grads) if isinstance(grads, dict) and "params" in grads else grads
+    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+    return optax.apply_updates(params, updates), opt_state
 
 
 def trainable_only(grads: dict) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -296,6 +297,25 @@ class NetworkConfig:
     # compositional vector is reset.
     paco_reset_threshold: float = 3000.0
 
+
+    HELP: ClassVar[dict[str, str]] = {
+        "arch": "shared-policy architecture (README: Shared-policy architectures)",
+        "encoder": "mlp: vector observations; cnn: MOORE's MiniGrid image encoder",
+        "hidden_sizes": "mlp: trunk / expert layer widths; cnn: the heads' hidden widths",
+        "num_experts": "parallel copies the tasks mix: MoE/MOORE experts, CARE encoders, "
+                       "PaCo parameter sets, Soft Modules modules per layer",
+        "module_layers": "Soft Modularization: routed layers",
+        "module_hidden": "Soft Modularization: width of each module",
+        "mask_density": "unitmask / weightmask: fraction of units / weights a task keeps",
+        "mask_code_dim": "unitmask: size of each task's learned code",
+        "mask_update_every": "weightmask: gradient steps (PPO: iterations) between "
+                             "prune-and-regrow rounds",
+        "mask_update_max": "weightmask: most weights per layer dropped and regrown in a round",
+        "mask_update_gamma": "weightmask: weight of gradient agreement in the prune score",
+        "paco_reset_threshold": "PaCo: a task whose critic loss passes this is masked out "
+                                "and its vector reset",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"arch": ARCHITECTURES, "encoder": ENCODERS}
 
 def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
     """The module for `cfg.arch`; call it as `net.apply(params, obs, task_id)`."""

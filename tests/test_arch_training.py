@@ -1,8 +1,10 @@
-"""Architecture-specific training rules inside the SAC learner (PaCo's task reset)."""
+"""Architecture-specific training rules in the learners (PaCo's task reset) and which
+architectures each algorithm trains."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from agents.modular import PACO_VECTOR_NAME
 from agents.networks import NetworkConfig
@@ -46,3 +48,26 @@ def test_paco_masks_a_diverging_task_out_and_resets_its_vector():
         for v in vectors:
             coeffs = np.linalg.solve(np.asarray(v[1:]).T, np.asarray(v[0]))
             assert np.all(coeffs >= -1e-5) and abs(coeffs.sum() - 1) < 1e-4
+
+
+def test_every_algorithm_architecture_pair_trains_or_is_refused_with_its_reason():
+    from agents.networks import ARCHITECTURES
+    from experiments.presets import get_preset
+    from training import config as config_lib
+    from training.errors import UsageError
+
+    assert set(config_lib.ARCH_SUPPORT["sac"]) == set(ARCHITECTURES)
+    for algo, supported in config_lib.ARCH_SUPPORT.items():
+        for arch in ARCHITECTURES:
+            if arch in supported:
+                config_lib.check_arch(algo, arch)
+            else:
+                assert (algo, arch) in config_lib.ARCH_REFUSALS  # a reason for each refusal
+    cfg = config_lib.apply_overrides(get_preset("minigrid_mt3_moore"),
+                                     {"network.arch": "paco", "network.encoder": "mlp"})
+    with pytest.raises(UsageError, match="--network.arch paco with algo ppo: PaCo's task reset"):
+        config_lib.validate(cfg)
+    weightmask = config_lib.apply_overrides(get_preset("minigrid_mt3_moore"),
+                                            {"network.arch": "weightmask",
+                                             "network.encoder": "mlp"})
+    config_lib.validate(weightmask)

@@ -52,6 +52,17 @@ def _launch(*args, cwd=None):
     (["collect", "--tier", "perfect", "--out", "/tmp/never"],
      "unknown tier 'perfect'; valid: expert, medium, mixed"),
     (["collect", "--source", "replay", "--out", "/tmp/never"], "--source replay needs --run DIR"),
+    # Found before a run directory exists (each used to leave an unresumable one behind).
+    (["train", "--seed", "1099511627776"], "--seed must be in [0, 2^32), got 1099511627776"),
+    (["train", "--network.encoder", "cnn"], "--network.encoder cnn reads MiniGrid's"),
+    (["train", "--train.devices", "99"], "--train.devices must be in [0, 1]"),
+    (["train", "--sac.tau", "1.5"], "--sac.tau must be in (0, 1], got 1.5"),
+    (["train", "--sac.actor_lr", "nan"], "--sac.actor_lr must be a finite number, got nan"),
+    (["train", "--sac.gamma", "0.9", "--sac.gamma", "0.5"], "option --sac.gamma given twice"),
+    (["train", "--preset", "minigrid_mt3_moore", "--sac.batch_size_per_task", "-5"],
+     "--sac.batch_size_per_task does not apply to algo ppo (preset 'minigrid_mt3_moore')"),
+    (["train", "--preset", "minigrid_mt3_moore", "--network.encoder", "mlp",
+      "--network.arch", "paco"], "--network.arch paco with algo ppo: PaCo's task reset"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     result = _launch(*args, "--out", str(tmp_path / "runs")) if args[0] == "train" and \
@@ -73,6 +84,23 @@ def test_help_lists_presets_and_every_option():
         assert option in train.stdout
 
 
+def test_help_of_a_preset_shows_its_values_choices_and_own_sections_only():
+    ppo = _launch("train", "--preset", "minigrid_mt3_moore", "--help")
+    assert ppo.returncode == 0
+    text = " ".join(ppo.stdout.split())  # argparse wraps lines
+    text = text[text.index("options of preset"):text.index("presets:")]
+    assert "options of preset 'minigrid_mt3_moore' (algo ppo" in text
+    assert "--network.encoder STR mlp: vector observations; cnn: MOORE's MiniGrid image " \
+           "encoder; one of mlp, cnn (default: cnn)" in text
+    assert "one of task, batch, none (default: task)" in text
+    assert "paco" not in text.split("--network.arch", 1)[1].split("--network.encoder")[0]
+    assert "--sac.batch_size_per_task" not in text and "--dt.dataset" not in text
+    sac = " ".join(_launch("train", "--preset", "mt10_moore", "--help").stdout.split())
+    sac = sac[sac.index("options of preset"):sac.index("presets:")]
+    assert "--sac.batch_size_per_task INT transitions sampled from each task's buffer per " \
+           "update (default: 128)" in sac and "--ppo.epochs" not in sac
+
+
 def test_behaviour_needs_a_ppo_run(tmp_path):
     from experiments.presets import get_preset
     from training import run_dir as run_lib
@@ -82,3 +110,25 @@ def test_behaviour_needs_a_ppo_run(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: --behaviour reads PPO (MiniGrid) policies; {run} "
                                      "is a 'sac' run")
+
+
+def test_out_that_is_a_file_is_one_line_in_every_command(tmp_path):
+    file = tmp_path / "taken"
+    file.write_text("x")
+    spec = tmp_path / "g.toml"
+    spec.write_text('presets = ["demo"]\nseeds = 1\n')
+    for args in (["train", "--out", str(file)], ["grid", str(spec), "--out", str(file)],
+                 ["report", str(tmp_path), "--out", str(file)],
+                 ["collect", "--out", str(file / "data")]):
+        result = _launch(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            result.stderr.strip()] and "is a file, not a folder" in result.stderr, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml", "taken"]
+
+
+def test_collect_refuses_an_existing_out_before_collecting(tmp_path):
+    result = _launch("collect", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --out '{tmp_path}' already exists; choose another " \
+                                    "or delete it"

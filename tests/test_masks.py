@@ -165,3 +165,42 @@ def test_sac_with_weight_masks_regrows_on_schedule_and_targets_follow():
     for a, b in zip(jax.tree.leaves(new.critic_params[masks.MASKS]),
                     jax.tree.leaves(new.target_critic_params[masks.MASKS]), strict=True):
         np.testing.assert_array_equal(a, b)  # the target computes with the online masks
+
+
+def test_ppo_with_weight_masks_trains_only_active_weights_and_regrows_on_schedule():
+    from agents.ppo.train import PPOConfig, make_ppo
+
+    net = NetworkConfig(arch="weightmask", hidden_sizes=(8,), mask_density=0.5,
+                        mask_update_every=2, mask_update_max=4)
+    tasks = ("MiniGrid-LavaGapS5-v0", "MiniGrid-LavaGapS6-v0")
+    ppo = make_ppo(PPOConfig(steps_per_task=16, envs_per_task=2, epochs=2, num_minibatches=2),
+                   net, tasks, total_updates=4)
+    train = jax.jit(ppo.train_updates, static_argnums=1)
+    start = ppo.init(jax.random.PRNGKey(0))
+    first, _ = train(start, 1)  # update 1: no regrow due
+    second, _ = train(first, 1)  # update 2 of 4: regrow with k = 4
+    for name in ("actor_params", "critic_params"):
+        before, after, regrown = (getattr(s.learner, name) for s in (start, first, second))
+        assert all(np.all(p == 0) for p in jax.tree.leaves(after[masks.PROBE]))  # never trained
+        for old, now in zip(jax.tree.leaves(before[masks.MASKS]),
+                            jax.tree.leaves(after[masks.MASKS]), strict=True):
+            np.testing.assert_array_equal(old, now)  # the optimiser never moves a mask
+        kernel_before, kernel_after, mask = (_first_masked_kernel(tree) for tree in (
+            before["params"], after["params"], before[masks.MASKS]))
+        used = mask.max(0) > 0  # by some task
+        assert np.all(kernel_after[~used] == kernel_before[~used])  # no task moved these
+        assert np.any(kernel_after[used] != kernel_before[used])
+        changed = False
+        for old, now in zip(jax.tree.leaves(after[masks.MASKS]),
+                            jax.tree.leaves(regrown[masks.MASKS]), strict=True):
+            assert set(np.unique(now)) <= {0.0, 1.0}
+            np.testing.assert_array_equal(now.sum((-1, -2)), old.sum((-1, -2)))  # density
+            changed |= not np.array_equal(old, now)
+        assert changed
+
+
+def _first_masked_kernel(tree):
+    from flax.traverse_util import flatten_dict
+
+    return next(v for k, v in flatten_dict(tree).items()
+                if k[-1] == "kernel" and "MaskedDense_0" in k)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from agents.dt.networks import DTConfig
 from agents.networks import NetworkConfig
@@ -27,6 +29,17 @@ class EnvConfig:
     # ppo trains and evaluates there, dt evaluates there
 
 
+    HELP: ClassVar[dict[str, str]] = {
+        "suite": "Meta-World: mt10, mt50, custom; MiniGrid: minigrid_mt3, minigrid_mt5, "
+                 "minigrid_mt7, minigrid_custom",
+        "tasks": "comma-separated tasks of a custom suite",
+        "reward_version": "Meta-World reward function",
+        "max_episode_steps": "Meta-World episode length (MOORE's paper protocol: 150)",
+        "backend": "MiniGrid: jax (our envs, on the device) or gym (minigrid itself)",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"reward_version": ("v1", "v2"),
+                                                     "backend": ("jax", "gym")}
+
 @dataclass(frozen=True)
 class TrainConfig:
     total_steps_per_task: int = 2_000_000
@@ -40,13 +53,48 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
 
+    HELP: ClassVar[dict[str, str]] = {
+        "total_steps_per_task": "env steps per task in the run",
+        "chunk_steps": "SAC: env steps collected, then as many gradient steps, per learner "
+                       "call",
+        "async_actor": "SAC: step the envs while the learner updates (one chunk of policy "
+                       "lag)",
+        "devices": "SAC: local devices the learner's batch is split over; 0: all",
+        "eval_every": "env steps per task between evaluations (dt: updates)",
+        "checkpoint_every": "env steps per task between checkpoints (dt: updates)",
+        "keep_checkpoints": "newest checkpoints kept",
+    }
+
 @dataclass(frozen=True)
 class EvalConfig:
     episodes: int = 50  # per task; MOORE's code uses 10
     deterministic: bool = True  # mean action; MOORE's code samples (False)
 
 
+    HELP: ClassVar[dict[str, str]] = {
+        "episodes": "evaluation episodes per task",
+        "deterministic": "mean / argmax actions (true) or sampled ones (false)",
+    }
+
 ALGORITHMS = ("sac", "ppo", "dt")
+SEED_LIMIT = 2**32
+MAX_STEPS = 2**31 - 1  # learners count their updates in int32
+# Which network.arch each algorithm trains. Every learner takes the shared optimiser step
+# (agents/arch_training.py: only `params` trains, masks and probes keep their values); SAC
+# and PPO apply weight masks' prune-and-regrow; only SAC has PaCo's task reset, which is
+# defined on SAC's per-task critic loss. DT builds its own networks (dt.variant; HarmoDT's
+# masks) and reads no network.arch. A pair missing here is refused with its reason.
+ARCH_SUPPORT = {
+    "sac": ("mtmlp", "multihead", "moe", "moore", "paco", "care", "softmod", "unitmask",
+            "weightmask"),
+    "ppo": ("mtmlp", "multihead", "moe", "moore", "care", "softmod", "unitmask", "weightmask"),
+}
+ARCH_REFUSALS = {
+    ("ppo", "paco"): "PaCo's task reset (a task whose loss passes "
+                     "network.paco_reset_threshold is masked out and its vector reset) is "
+                     "defined on SAC's per-task critic loss (Sun et al. 2022); PPO's learner "
+                     "does not apply it, so PaCo would train without its defining rule",
+}
 MINIGRID_BACKENDS = ("jax", "gym")
 
 
@@ -67,11 +115,26 @@ class Config:
 
 
 SECTIONS = ("env", "network", "sac", "ppo", "dt", "train", "eval")
+# The sections each algorithm reads: a run's config.json holds these only, and an option of
+# another section is refused. DT builds its own model from dt.* (no network section).
+ALGORITHM_SECTIONS = {
+    "sac": ("env", "network", "sac", "train", "eval"),
+    "ppo": ("env", "network", "ppo", "train", "eval"),
+    "dt": ("env", "dt", "train", "eval"),
+}
 TOP_LEVEL = {"seed": int, "algo": str}  # overridable fields outside the sections
 
 
+def sections_of(algo: str) -> tuple[str, ...]:
+    """The config sections algorithm `algo` reads (all of them for an unknown name, which
+    `validate` refuses)."""
+    return ALGORITHM_SECTIONS.get(algo, SECTIONS)
+
+
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as JSON-ready data: the top-level fields and the algorithm's own sections."""
+    data = dataclasses.asdict(cfg)
+    return {k: v for k, v in data.items() if k not in SECTIONS or k in sections_of(cfg.algo)}
 
 
 def from_dict(data: dict) -> Config:
@@ -89,15 +152,34 @@ def _coerce_json(hint, value):
     return tuple(value) if typing.get_origin(hint) is tuple else value
 
 
-def option_table() -> list[tuple[str, type, object]]:
-    """Every overridable option as (dotted name, type hint, default of the bare config)."""
-    base = Config()
-    rows = [(name, hint, getattr(base, name)) for name, hint in TOP_LEVEL.items()]
-    for section in SECTIONS:
+TOP_LEVEL_HELP = {"seed": "run seed in [0, 2^32): everything random derives from it",
+                  "algo": "sac (Meta-World, online), ppo (MiniGrid, online), dt (offline)"}
+
+
+class Option(typing.NamedTuple):
+    name: str  # dotted: section.field, or a top-level field
+    hint: object  # the field's type
+    default: object  # its value in the config the table was made from
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+def option_table(cfg: Config | None = None) -> list[Option]:
+    """Every overridable option, valued as in `cfg` (default: the bare config); with a
+    `cfg`, only the sections its algorithm reads."""
+    base = cfg or Config()
+    rows = [Option(name, hint, getattr(base, name), TOP_LEVEL_HELP[name],
+                   ALGORITHMS if name == "algo" else ())
+            for name, hint in TOP_LEVEL.items()]
+    for section in sections_of(base.algo) if cfg is not None else SECTIONS:
         sub = getattr(base, section)
         hints = typing.get_type_hints(type(sub))
         for f in dataclasses.fields(sub):
-            rows.append((f"{section}.{f.name}", hints[f.name], getattr(sub, f.name)))
+            choices = type(sub).__dict__.get("CHOICES", {}).get(f.name, ())
+            if cfg is not None and (section, f.name) == ("network", "arch"):
+                choices = ARCH_SUPPORT[base.algo]
+            rows.append(Option(f"{section}.{f.name}", hints[f.name], getattr(sub, f.name),
+                               type(sub).HELP[f.name], choices))
     return rows
 
 
@@ -139,7 +221,9 @@ def _type_name(hint) -> str:
 
 def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
     """Apply {'section.field': text} overrides; unknown names are a UsageError."""
-    table = {name: hint for name, hint, _ in option_table()}
+    table = {option.name: option.hint for option in option_table()}
+    # --algo first: it decides which sections' options apply.
+    overrides = dict(sorted(overrides.items(), key=lambda item: item[0] != "algo"))
     for name, text in overrides.items():
         if name not in table:
             raise UsageError(
@@ -150,6 +234,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
             cfg = dataclasses.replace(cfg, **{name: value})
             continue
         section, key = name.split(".", 1)
+        if section not in sections_of(cfg.algo):
+            used = ", ".join(f"--{s}.*" for s in sections_of(cfg.algo))
+            raise UsageError(f"--{name} does not apply to algo {cfg.algo} (preset "
+                             f"'{cfg.preset}'), which reads {used}")
         sub = dataclasses.replace(getattr(cfg, section), **{key: value})
         cfg = dataclasses.replace(cfg, **{section: sub})
     return cfg
@@ -198,6 +286,12 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
                          "MiniGrid suites use ppo (online) or dt (offline), Meta-World suites "
                          "use sac (online) or dt (offline)")
+    for section in sections_of(cfg.algo):
+        sub = getattr(cfg, section)
+        for name, choices in type(sub).__dict__.get("CHOICES", {}).items():
+            if getattr(sub, name) not in choices:
+                raise UsageError(f"unknown {section}.{name} '{getattr(sub, name)}'; valid: "
+                                 f"{', '.join(choices)}")
     t = cfg.train
     positive = {
         "train.total_steps_per_task": t.total_steps_per_task,
@@ -209,10 +303,23 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
-    if cfg.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {cfg.seed}")
-    if t.devices < 0:  # the upper bound needs JAX's backend: training/sharding.py checks it
+    if not 0 <= cfg.seed < SEED_LIMIT:  # PRNG keys and numpy seeds take 32-bit seeds
+        raise UsageError(f"--seed must be in [0, 2^32), got {cfg.seed}")
+    for name, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name} must be a finite number, got {value}")
+    budgets = {"train.total_steps_per_task": t.total_steps_per_task,
+               "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every}
+    for name, value in budgets.items():
+        if value > MAX_STEPS:
+            raise UsageError(f"--{name} must be at most {MAX_STEPS} (step counters are 32-bit), "
+                             f"got {value}")
+    if t.devices < 0:
         raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
+    if cfg.algo == "sac":  # the only learner that splits its batch over devices
+        from training.sharding import local_mesh
+
+        local_mesh(t.devices)  # the upper bound needs JAX's backend
     if cfg.algo == "dt":
         _validate_dt(cfg)
         return
@@ -220,10 +327,23 @@ def validate(cfg: Config) -> None:
         _validate_ppo(cfg)
     else:
         _validate_sac(cfg)
+    check_arch(cfg.algo, cfg.network.arch)
     # Checked here, before a run directory exists, so bad input leaves nothing behind.
     from agents.networks import make_network
 
     make_network(cfg.network, 1, 1)
+
+
+def check_arch(algo: str, arch: str) -> None:
+    """Refuse an architecture the algorithm's learner does not train faithfully."""
+    from agents.networks import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"unknown network.arch '{arch}'; valid: {', '.join(ARCHITECTURES)}")
+    if arch not in ARCH_SUPPORT[algo]:
+        reason = ARCH_REFUSALS.get((algo, arch), "not supported")
+        raise UsageError(f"--network.arch {arch} with algo {algo}: {reason}; valid with "
+                         f"{algo}: {', '.join(ARCH_SUPPORT[algo])}")
 
 
 def _validate_dt(cfg: Config) -> None:
@@ -336,6 +456,17 @@ def _validate_sac(cfg: Config) -> None:
             f"--train.total_steps_per_task ({t.total_steps_per_task}) must be a multiple of "
             f"--train.chunk_steps ({t.chunk_steps})"
         )
+    for name in ("critic_warmup", "actor_warmup"):
+        if getattr(s, name) < 0:
+            raise UsageError(f"--sac.{name} must be >= 0, got {getattr(s, name)}")
+    if not 0 < s.tau <= 1:
+        raise UsageError(f"--sac.tau must be in (0, 1], got {s.tau}")
+    if not s.log_std_min < s.log_std_max:
+        raise UsageError(f"--sac.log_std_min ({s.log_std_min}) must be below --sac.log_std_max "
+                         f"({s.log_std_max})")
+    if cfg.network.encoder == "cnn":
+        raise UsageError("--network.encoder cnn reads MiniGrid's 7x7x3 image observations; "
+                         "Meta-World observations are vectors: use --network.encoder mlp")
     if s.buffer_size_per_task < s.batch_size_per_task:
         raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
     for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):

@@ -145,10 +145,7 @@ class DTTrainer:
                                                     "complete": complete})
 
     def _restore(self) -> None:
-        tree, meta = self.checkpointer.restore()
-        if meta.get("complete"):
-            raise UsageError(f"run '{self.run}' is already complete ({meta['updates']} "
-                             "updates)")
+        tree, meta = self.checkpointer.resume(self.run, "updates")
         self.state = serialization.from_state_dict(self.state, tree["state"])
         self.updates = int(meta["updates"])
         run_lib.truncate_evals(self.run, self.updates)

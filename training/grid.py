@@ -33,6 +33,7 @@ trains in turn in parts that fit.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +107,23 @@ def load_spec(path: str | Path) -> GridSpec:
         if not isinstance(table, dict):
             raise UsageError(f"grid spec '{path}': variant '{variant}' must be a table of "
                              "overrides")
-    return GridSpec(name=str(data.get("name", path.stem)), path=path, presets=tuple(presets),
+    name = str(data.get("name", path.stem))
+    for label, value in [("name", name), *((f"variant '{v}'", v) for v in data.get("variants",
+                                                                               {}))]:
+        if not _plain_name(value):
+            raise UsageError(f"grid spec '{path}': {label} must be a plain folder name (letters, "
+                             f"digits, '-', '_', '.'; no '/' and not '.' or '..'), got "
+                             f"{value!r}")
+    return GridSpec(name=name, path=path, presets=tuple(presets),
                     seeds=tuple(seeds), batch_seeds=batch_seeds,
                     overrides=dict(data.get("overrides", {})),
                     variants=dict(data.get("variants", {})), slurm=dict(data.get("slurm", {})),
                     local=dict(data.get("local", {})))
+
+
+def _plain_name(name: str) -> bool:
+    """A name that stays one folder inside --out: it cannot climb out or go elsewhere."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", "..")
 
 
 def expand(spec: GridSpec, out: str | Path = "runs") -> list[GridRun]:

@@ -37,7 +37,7 @@ from training import figures, replay, sharding
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
-from training.errors import TrainingDiverged, UsageError
+from training.errors import TrainingDiverged
 from training.evaluation import evaluate
 
 
@@ -133,9 +133,7 @@ class Trainer:
         self._pending = None  # (step, metrics) of an update not yet checked for NaN
 
     def _restore(self):
-        tree, meta = self.checkpointer.restore()
-        if meta.get("complete"):
-            raise UsageError(f"run '{self.run}' is already complete ({meta['env_steps']} steps)")
+        tree, meta = self.checkpointer.resume(self.run)
         self._fresh()  # templates for the restored trees
         self.state = sharding.place(serialization.from_state_dict(self.state, tree["learner"]),
                                     self.mesh)

@@ -44,6 +44,12 @@ from training.errors import TrainingDiverged, UsageError
 from training.memory import GIB, call_bytes, free_bytes
 
 
+def run_ppo(cfg: Config):
+    """The PPO agent of a run's config (its schedules span the run's PPO iterations)."""
+    return make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks),
+                    total_updates=cfg.train.total_steps_per_task // cfg.ppo.steps_per_task)
+
+
 def seed_keys(seed: int):
     """(init key, evaluation key base) of one seed: a function of the seed alone."""
     return jax.random.split(jax.random.PRNGKey(seed))
@@ -79,7 +85,7 @@ def steps_per_chunk(cfg: Config) -> int:
 
 @functools.lru_cache(maxsize=2)
 def _compile_chunk(cfg: Config, num_seeds: int):
-    ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
+    ppo = run_ppo(cfg)
     keys = jax.ShapeDtypeStruct((num_seeds, 2), jnp.uint32)
     state = jax.eval_shape(jax.vmap(ppo.init), keys)
     chunk = functools.partial(ppo.train_updates,
@@ -172,7 +178,7 @@ class PPOTrainer:
         self.cfg, self.runs, self.seeds = cfgs[0], runs, seeds
         self.show_progress = show_progress
         self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
-        self.ppo = make_ppo(self.cfg.ppo, self.cfg.network, self.names)
+        self.ppo = run_ppo(self.cfg)
         t, p = self.cfg.train, self.cfg.ppo
         self.steps_per_chunk = steps_per_chunk(self.cfg)
         self.updates_per_chunk = self.steps_per_chunk // p.steps_per_task
@@ -195,9 +201,7 @@ class PPOTrainer:
         self._fresh()  # the template
         trees, steps = [], set()
         for run, ck in zip(self.runs, self.checkpointers, strict=True):
-            tree, meta = ck.restore()
-            if meta.get("complete"):
-                raise UsageError(f"run '{run}' is already complete ({meta['env_steps']} steps)")
+            tree, meta = ck.resume(run)
             trees.append(tree["state"])
             steps.add(meta["env_steps"])
         if len(steps) != 1:
@@ -399,7 +403,7 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     envs, since the host envs do not expose them ("behaviour_episodes" says which)."""
     tree, meta = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).restore(step)
     names = task_names(cfg.env.suite, cfg.env.tasks)
-    ppo = make_ppo(cfg.ppo, cfg.network, names)
+    ppo = run_ppo(cfg)
     template = jax.jit(ppo.init)(seed_keys(cfg.seed)[0])
     params = serialization.from_state_dict(template, tree["state"]).learner.actor_params
     episodes = episodes or cfg.eval.episodes

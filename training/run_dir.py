@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import shutil
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +50,25 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def check_output_folder(path: str | Path, option: str = "--out", new: bool = False) -> Path:
+    """Refuse an output folder that cannot be made (UsageError naming it): an existing file,
+    a parent that is a file, an unwritable place; with `new`, one that already exists. Checked
+    before any work, so a bad --out leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} '{path}' is a file, not a folder")
+    if new and path.exists():
+        raise UsageError(f"{option} '{path}' already exists; choose another or delete it")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} '{path}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} '{path}' is not writable ('{existing}' is read-only to you)")
+    return path
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -109,11 +132,27 @@ def log_eval(writer, record: dict, step: int) -> None:
     writer.flush()
 
 
-def read_evals(run: Path) -> list[dict]:
+def read_evals(run: Path, drop_torn_line: bool = False) -> list[dict]:
+    """eval.jsonl's records. With `drop_torn_line`, a last line cut short (a kill during the
+    append) is dropped with a warning; any other unreadable line is a UsageError."""
     path = run / "eval.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if drop_torn_line and number == len(lines) and not text.endswith("\n"):
+                print(f"warning: '{path}': dropped its half-written last line (the run was "
+                      "stopped while appending it)", file=sys.stderr, flush=True)
+                break
+            raise UsageError(f"'{path}' line {number} is not a JSON record") from None
+    return records
 
 
 def truncate_evals(run: Path, last_step: int) -> None:
@@ -122,5 +161,31 @@ def truncate_evals(run: Path, last_step: int) -> None:
     Later ones came from the interrupted stretch, which the resumed run recomputes
     identically, so keeping them would duplicate those records.
     """
-    records = [r for r in read_evals(run) if r["step"] <= last_step]
+    records = [r for r in read_evals(run, drop_torn_line=True) if r["step"] <= last_step]
     write_atomic(run / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def locked(runs: list[Path]):
+    """Hold every run's lock (an flock on the empty file <run>/.lock) for the block: a second
+    process that would train one of these runs is refused (UsageError naming it). The
+    operating system drops the lock when the process ends, however it ends, so a killed run
+    can resume."""
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            handle = stack.enter_context(open(run / ".lock", "a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"run '{run}' is being trained by another process; wait for "
+                                 "it to end or stop it first") from None
+        yield
+
+
+def clear_for_restart(run: Path) -> None:
+    """Remove what a run stopped before its first checkpoint wrote (evaluations, tensorboard
+    events, mask figures, unfinished checkpoints), keeping config.json and versions.json, so
+    that it can start over in its own directory."""
+    (run / "eval.jsonl").unlink(missing_ok=True)
+    for folder in ("tb", "masks", "checkpoints"):
+        shutil.rmtree(run / folder, ignore_errors=True)

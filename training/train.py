@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from training import run_dir as run_lib
 from training.config import Config
 from training.errors import UsageError
 
@@ -37,6 +38,35 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
     one config) train together only with PPO on the device."""
     check_seed_batch(cfgs)
+    with run_lib.locked(runs):
+        if resume:
+            resume = _has_checkpoints(cfgs, runs)
+        print(f"{cfgs[0].preset}: starting; JAX compiles the learner on first use, so expect "
+              "a pause (seconds to minutes) before progress shows", flush=True)
+        return _train(cfgs, runs, resume, show_progress)
+
+
+def _has_checkpoints(cfgs: list[Config], runs: list[Path]) -> bool:
+    """Whether runs to resume have checkpoints; runs stopped before their first one start
+    over in their own directories (said on stdout)."""
+    from training.checkpoint import Checkpointer
+
+    has = [Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints).latest_step()
+           is not None for cfg, run in zip(cfgs, runs, strict=True)]
+    if all(has):
+        return True
+    if any(has):
+        missing = ", ".join(str(r) for r, h in zip(runs, has, strict=True) if not h)
+        raise UsageError(f"runs resumed together must all have a checkpoint; {missing} has "
+                         "none (resume it on its own: it starts over)")
+    for run in runs:
+        run_lib.clear_for_restart(run)
+        print(f"{run} stopped before its first checkpoint: starting it over", flush=True)
+    return False
+
+
+def _train(cfgs: list[Config], runs: list[Path], resume: bool,
+           show_progress: bool) -> list[dict]:
     if cfgs[0].algo == "dt":
         from training.dt_loop import DTTrainer
 

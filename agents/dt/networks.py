@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -100,6 +101,36 @@ class DTConfig:
     mask_update_max: int = 100
     mask_update_gamma: float = 10.0
 
+
+    HELP: ClassVar[dict[str, str]] = {
+        "variant": "mtdt, promptdt, harmodt (Prompt-DT + weight masks) or mtbc (no returns)",
+        "action_kind": "continuous (Meta-World) or discrete (MiniGrid)",
+        "context_len": "steps K in the model's context",
+        "embed_dim": "token width d",
+        "num_layers": "transformer blocks",
+        "num_heads": "attention heads (must divide embed_dim)",
+        "dropout": "dropout rate in [0, 1)",
+        "max_timestep": "size of the timestep table (must cover an episode)",
+        "prompt_length": "Prompt-DT: steps per prompt",
+        "mask_density": "HarmoDT: initial fraction of block weights each task keeps",
+        "dataset": "dataset directory written by `launch.py collect` (required)",
+        "batch_per_task": "context windows of every task per batch",
+        "learning_rate": "AdamW peak learning rate",
+        "weight_decay": "AdamW weight decay",
+        "warmup_steps": "linear learning-rate warm-up, in updates",
+        "grad_clip": "global-norm gradient clipping; 0: none",
+        "updates": "gradient steps in the run (train.eval_every and checkpoint_every count "
+                   "these)",
+        "rtg_scale": "returns-to-go are fed as return x this",
+        "target_return_scale": "evaluation target: this x each task's best return in the data",
+        "prompt_episodes": "prompts come from each task's best this-many episodes",
+        "normalize_states": "feed states normalised by their task's mean and std",
+        "mask_update_every": "HarmoDT: updates between prune-and-regrow rounds",
+        "mask_update_max": "HarmoDT: most weights dropped and regrown in a round",
+        "mask_update_gamma": "HarmoDT: weight of gradient agreement in the prune score",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"variant": VARIANTS,
+                                                     "action_kind": ACTION_KINDS}
 
 HARMODT = DTConfig(variant="harmodt", context_len=20, embed_dim=256, num_layers=6, num_heads=8)
 

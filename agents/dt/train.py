@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from agents import masks as masks_lib
+from agents.arch_training import optimiser_step
 from agents.dt.losses import action_loss
 from agents.dt.networks import PROMPT_VARIANTS, DTConfig, make_dt
 
@@ -238,7 +239,10 @@ def make_dt_learner(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: i
         if uses_prompt:
             prompt = {"returns_to_go": jnp.zeros((1, p, 1)),
                       "states": jnp.zeros((1, p, state_dim)),
-                      "actions": actions[:, :p], "timesteps": jnp.zeros((1, p), jnp.int32),
+                      # its own length: a prompt may be longer than the context
+                      "actions": (jnp.zeros((1, p), jnp.int32) if discrete
+                                  else jnp.zeros((1, p, action_dim))),
+                      "timesteps": jnp.zeros((1, p), jnp.int32),
                       "attention_mask": jnp.ones((1, p), jnp.int32)}
         var = model.init({"params": k_params, "dropout": k_dropout}, jnp.zeros((1, k, 1)),
                          states, actions, jnp.zeros((1, k), jnp.int32), None,
@@ -264,8 +268,7 @@ def make_dt_learner(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: i
         batch = sample_batch(data, k_batch)
         (value, per_task), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, state.masks, batch, k_loss)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = optimiser_step(tx, state.params, grads, state.opt_state)
         masks = state.masks
         if uses_masks:
             due = (state.updates + 1) % cfg.mask_update_every == 0

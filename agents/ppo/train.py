@@ -29,13 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
+from agents import masks
+from agents.arch_training import make_arch_training, optimiser_step
 from agents.networks import NetworkConfig
 from agents.ppo import losses
 from agents.ppo.networks import Actor, Critic, per_task_apply
@@ -66,6 +68,26 @@ class PPOConfig:
     # scales a reward-less task's pure critic noise to unit size, is why runs freeze.
     advantage_normalisation: str = "task"
 
+
+    HELP: ClassVar[dict[str, str]] = {
+        "actor_lr": "Adam learning rate of the actor",
+        "critic_lr": "Adam learning rate of the critic",
+        "gamma": "discount factor",
+        "gae_lambda": "GAE lambda",
+        "clip": "PPO's ratio clip",
+        "entropy_coef": "weight of the entropy bonus",
+        "epochs": "actor epochs over each rollout",
+        "num_minibatches": "task-balanced actor minibatches per epoch",
+        "steps_per_task": "env steps per task between updates",
+        "envs_per_task": "parallel envs per task (rollout length = steps / envs)",
+        "critic_epochs": "critic epochs over each rollout (MOORE: 1)",
+        "critic_minibatches": "critic minibatches per epoch (MOORE: 1, the full batch)",
+        "max_grad_norm": "global-norm gradient clipping; 0: none (MOORE)",
+        "advantage_normalisation": "task: within each task (MOORE); batch: over all tasks; "
+                                   "none",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "advantage_normalisation": losses.ADVANTAGE_NORMALISATIONS}
 
 class Rollout(NamedTuple):
     """One update's data, time-major (L, T, E, ...)."""
@@ -115,7 +137,10 @@ class PPO(NamedTuple):
     evaluate: Callable
 
 
-def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]) -> PPO:
+def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...],
+             total_updates: int = 1) -> PPO:
+    """`total_updates` (PPO iterations in the whole run) drives schedules over training: weight
+    masks' prune-and-regrow count."""
     num_tasks = len(task_names)
     env = MultiTaskGrid(task_names, ppo.envs_per_task)
     length = ppo.steps_per_task // ppo.envs_per_task
@@ -128,6 +153,7 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             if ppo.max_grad_norm > 0 else adam
 
     actor_tx, critic_tx = optimiser(ppo.actor_lr), optimiser(ppo.critic_lr)
+    arch = make_arch_training(network)
 
     def init(key) -> PPOState:
         k_actor, k_critic, k_learn, k_env, k_reset = jax.random.split(key, 5)
@@ -198,8 +224,8 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             def sgd(c, batch):
                 p, o = c
                 (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, *batch)
-                updates, o = tx.update(grads, o, p)
-                return (optax.apply_updates(p, updates), o), {"loss": loss, **aux}
+                p, o = optimiser_step(tx, p, grads, o)
+                return (p, o), {"loss": loss, **aux}
 
             return jax.lax.scan(sgd, carry, batches)
 
@@ -214,6 +240,41 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
 
     def critic_loss(params, obs, target):
         return losses.value_loss(per_task_apply(critic, params, obs), target), {}
+
+    def task_probe_grads(module, loss_of_output, params, data):
+        """Each task's gradient with respect to its effective weights W * m_t (the zero mask
+        probe's gradient), from the task's own slice of task-major `data` (T, N, ...)."""
+        def one(task, *xs):
+            def task_loss(p):
+                return loss_of_output(module.apply(p, xs[0].astype(jnp.float32), task), *xs[1:])
+
+            return jax.grad(task_loss)(params)[masks.PROBE]
+
+        return jax.vmap(one)(jnp.arange(num_tasks), *data)
+
+    def actor_output_loss(logits, action, old_log_prob, adv):
+        return losses.policy_loss(logits, action, old_log_prob, adv, ppo.clip,
+                                  ppo.entropy_coef)[0]
+
+    def regrow(actor_params, critic_params, updates, actor_data, critic_data):
+        """Every `mask_update_every` PPO iterations, HarmoDT's prune-and-regrow on every task's
+        weight masks (actor and critic), scored by each task's loss on its whole rollout, as
+        SAC scores them on its batch."""
+        k = masks.regrow_count(updates, total_updates, network.mask_update_max)
+        due = (updates % network.mask_update_every == 0) & (k > 0)
+
+        def both(args):
+            actor_p, critic_p = args
+            out = []
+            for module, loss_fn, params, data in (
+                    (actor, actor_output_loss, actor_p, actor_data),
+                    (critic, losses.value_loss, critic_p, critic_data)):
+                grads = task_probe_grads(module, loss_fn, params, data)
+                new = masks.regrow_tree(params[masks.MASKS], grads, k, network.mask_update_gamma)
+                out.append({**params, masks.MASKS: new})
+            return tuple(out)
+
+        return jax.lax.cond(due, both, lambda args: args, (actor_params, critic_params))
 
     def learn(learner: Learner, rollout: Rollout):
         obs, final_obs = by_task(rollout.obs), by_task(rollout.final_obs)
@@ -234,6 +295,11 @@ def make_ppo(ppo: PPOConfig, network: NetworkConfig, task_names: tuple[str, ...]
             learner.actor_params, learner.actor_opt, actor_tx, actor_loss,
             (obs, by_task(rollout.action), by_task(rollout.log_prob), by_task(adv)), k_actor,
             ppo.epochs, ppo.num_minibatches)
+        if arch.regrows:
+            actor_params, critic_params = regrow(
+                actor_params, critic_params, learner.updates + 1,
+                (obs, by_task(rollout.action), by_task(rollout.log_prob), by_task(adv)),
+                (obs, by_task(targets)))
         metrics = {"value_loss": critic_metrics["loss"], "policy_loss": actor_metrics["loss"],
                    "entropy": actor_metrics["entropy"],
                    "task_entropy": actor_metrics["task_entropy"],

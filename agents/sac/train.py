@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,8 @@ import optax
 from flax import struct
 
 from agents import gradient_surgery, masks
-from agents.arch_training import keep_all, make_arch_training, polyak, trainable_only
+from agents.arch_training import keep_all, make_arch_training, optimiser_step, polyak
+from agents.gradient_surgery import COMBINERS
 from agents.networks import NetworkConfig
 from agents.sac import losses
 from agents.sac.networks import Actor, TwinCritic, sample_tanh_gaussian
@@ -48,6 +49,27 @@ class SACConfig:
     gradnorm_alpha: float = 1.5
     gradnorm_lr: float = 0.025
 
+
+    HELP: ClassVar[dict[str, str]] = {
+        "actor_lr": "Adam learning rate of the actor",
+        "critic_lr": "Adam learning rate of the twin critics",
+        "alpha_lr": "Adam learning rate of each task's log-alpha",
+        "gamma": "discount factor",
+        "tau": "Polyak rate of the target critics, in (0, 1]",
+        "init_alpha": "initial entropy temperature of every task",
+        "target_entropy": "target policy entropy; none: -action_dim",
+        "batch_size_per_task": "transitions sampled from each task's buffer per update",
+        "buffer_size_per_task": "replay capacity of each task",
+        "critic_warmup": "critic updates once every task holds more transitions than this",
+        "actor_warmup": "actor and alpha update once every task holds more than this",
+        "log_std_min": "lower clamp of the policy's log-std",
+        "log_std_max": "upper clamp of the policy's log-std",
+        "gradient_surgery": "how per-task gradients combine: none (mean), pcgrad, gradnorm",
+        "gradnorm_alpha": "GradNorm's asymmetry alpha",
+        "gradnorm_lr": "GradNorm's learning rate of the task weights",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "gradient_surgery": COMBINERS}
 
 @struct.dataclass
 class SACState:
@@ -196,9 +218,8 @@ def make_learner(sac: SACConfig, network: NetworkConfig, num_tasks: int, obs_dim
                 return jnp.sum(keep * losses_) / jnp.maximum(keep.sum(), 1.0), (losses_, aux)
 
             (_, (losses_, aux)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-        grads = trainable_only(grads)
-        updates, opt_state = tx.update(grads, opt_state, params, task_losses=losses_)
-        return optax.apply_updates(params, updates), opt_state, losses_, aux
+        params, opt_state = optimiser_step(tx, params, grads, opt_state, task_losses=losses_)
+        return params, opt_state, losses_, aux
 
     def update(state: SACState, batch, critic_on, actor_on):
         """One SAC step in MOORE's order: actor, alpha, critic, target (each gated by warm-up).
