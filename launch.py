@@ -119,7 +119,7 @@ def build_parser(preset: str = "demo") -> argparse.ArgumentParser:
         description="Collect a multi-task offline dataset. Sources: scripted (Meta-World's "
                     "scripted experts with a noise tier), replay (the replay buffer of a SAC "
                     "run: --run DIR, --half all|first), minigrid (a shortest-path planner on "
-                    "minigrid with a noise tier). Format: training/offline_data.py.")
+                    "minigrid with a noise tier). Format: training/data/offline_data.py.")
     collect.add_argument("--source", default="scripted",
                          help="scripted (default) | replay | minigrid")
     collect.add_argument("--suite", default="mt10", help="scripted: mt10 | mt50 | custom; "
@@ -197,7 +197,7 @@ BACKENDS = ("local", "slurm")
 
 
 def cmd_grid(args) -> int:
-    from training import grid as grid_lib
+    from experiments import grid as grid_lib
     from training import run_dir as run_lib
 
     if args.backend not in BACKENDS:
@@ -211,7 +211,7 @@ def cmd_grid(args) -> int:
         print(grid_lib.status_table(runs))
         return 0
     if args.backend == "slurm":
-        from training import slurm
+        from experiments import slurm
 
         jobs = slurm.submit(spec, runs)
         print(f"submitted {len(jobs)} array task(s): {', '.join(jobs)}")
@@ -222,14 +222,14 @@ def cmd_grid(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from training import grid as grid_lib
+    from experiments import grid as grid_lib
 
     print(grid_lib.status_table(grid_lib.expand(grid_lib.load_spec(args.spec), args.out)))
     return 0
 
 
 def cmd_report(args) -> int:
-    from training.report import report
+    from analysis.report import report
     from training.run_dir import check_output_folder
 
     if args.out is not None:
@@ -242,9 +242,9 @@ def cmd_report(args) -> int:
 def cmd_params(args) -> int:
     import dataclasses
 
+    from analysis.param_count import count_parameters, format_counts
     from experiments.presets import get_preset
     from training import config as config_lib
-    from training.param_count import count_parameters, format_counts
 
     cfg = config_lib.apply_overrides(get_preset(args.preset), _overrides(args))
     if cfg.algo == "dt" and not cfg.dt.dataset:  # sizes do not depend on the data
@@ -293,11 +293,11 @@ def cmd_train(args) -> int:
 
     check_seed_batch(cfgs)
     if cfgs[0].algo == "dt":  # a missing, corrupt or mismatched dataset: before any run dir
-        from training.dt_loop import open_dataset
+        from agents.dt.loop import open_dataset
 
         open_dataset(cfgs[0])
     if cfgs[0].algo == "ppo":  # seeds that cannot fit: refused before any run dir
-        from training.ppo_loop import check_memory
+        from agents.ppo.loop import check_memory
 
         plan = check_memory(cfgs)
         if plan:
@@ -319,8 +319,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from training.collect import SOURCES, collect_scripted, format_summary
-    from training.offline_data import load_dataset, rebuild_arrays
+    from training.data.collect import SOURCES, collect_scripted, format_summary
+    from training.data.offline_data import load_dataset, rebuild_arrays
 
     if args.rebuild_arrays:
         rebuild_arrays(args.rebuild_arrays)
@@ -336,13 +336,13 @@ def cmd_collect(args) -> int:
     tasks = tuple(t for t in args.tasks.split(",") if t)
     progress = not args.no_progress
     if args.source == "replay":
-        from training.collect_replay import collect_replay
+        from training.data.collect_replay import collect_replay
 
         if not args.run:
             raise UsageError("--source replay needs --run DIR (a SAC run directory)")
         path = collect_replay(args.out, args.run, args.half, args.checkpoint, progress)
     elif args.source == "minigrid":
-        from training.collect_minigrid import collect_minigrid
+        from training.data.collect_minigrid import collect_minigrid
 
         path = collect_minigrid(args.out, args.suite, args.tier, args.episodes, args.seed,
                                 tasks, progress)
@@ -385,11 +385,11 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--behaviour reads PPO (MiniGrid) policies; {run} is a '{cfg.algo}' "
                          "run")
     if cfg.algo == "ppo":
-        from training.ppo_loop import reevaluate
+        from agents.ppo.loop import reevaluate
     elif cfg.algo == "dt":
-        from training.dt_loop import reevaluate
+        from agents.dt.loop import reevaluate
     else:
-        from training.loop import reevaluate
+        from agents.sac.loop import reevaluate
     deterministic = cfg.eval.deterministic
     if args.stochastic or args.deterministic:
         deterministic = args.deterministic
@@ -398,7 +398,7 @@ def cmd_eval(args) -> int:
                         deterministic=deterministic, **extra)
     _print_result(result, f"{run} at step {result['step']}")
     if args.behaviour:
-        from training.ppo_loop import format_behaviour
+        from agents.ppo.loop import format_behaviour
 
         print(f"\nbehaviour ({result['behaviour_episodes']}; moved: among the steps that did "
               f"not end an episode)\n{format_behaviour(result)}")

@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from analysis.param_count import count_parameters  # noqa: E402
 from bench.common import filled_buffer, write_section  # noqa: E402
 from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
-from training.param_count import count_parameters  # noqa: E402
 
 PRESETS = ("mt10_mtsac", "mt10_mhsac", "mt10_moe", "mt10_moore", "mt10_paco", "mt10_care",
            "mt10_softmod", "mt10_unitmask", "mt10_weightmask", "mt10_pcgrad", "mt10_gradnorm",
@@ -34,7 +34,7 @@ PRESETS = ("mt10_mtsac", "mt10_mhsac", "mt10_moe", "mt10_moore", "mt10_paco", "m
 
 def chunk_runner(preset: str, steps: int):
     """A zero-argument function running one jitted chunk of `steps` updates."""
-    from agents.sac.train import make_learner
+    from agents.sac.learner import make_learner
 
     cfg = get_preset(preset)
     learner = make_learner(cfg.sac, cfg.network, 10, OBS_DIM, ACTION_DIM,

@@ -8,8 +8,8 @@ The `mtdt` variant with continuous actions at Meta-World MT10's shapes (state 39
 (a) training: tokens/s of gradient steps (train mode, dropout 0.1, MSE on the actions of the
     valid steps, AdamW lr 1e-4 / weight decay 1e-4 after clipping the gradient norm to 0.25,
     constant learning rate), task-balanced batches (default 260 = 10 tasks x 26). Tokens
-    counted are batch x 3K, left padding included (as training/dt_loop.py counts them).
-    JAX: our learner, agents/dt/train.py's jitted `train_updates`, one update per call, each
+    counted are batch x 3K, left padding included (as agents/dt/loop.py counts them).
+    JAX: our learner, agents/dt/learner.py's jitted `train_updates`, one update per call, each
     sampling its batch from a random dataset on the device. PyTorch: DT's training step
     (bench/torch_dt.py's `train_step_fn`) on one fixed random batch, every 8th sample
     left-padded; not sampling favours PyTorch by a little. The two losses weigh steps
@@ -18,7 +18,7 @@ The `mtdt` variant with continuous actions at Meta-World MT10's shapes (state 39
 (b) evaluation: calls/s with one env per task (10) and a full K-step context, no gradient,
     dropout off; DT evaluation runs one such call per env step. JAX: the learner's `act`
     (append the step to the context on the device, forward, action to the host), jitted as
-    training/dt_loop.py does. PyTorch: the model's forward alone on a same-shape window
+    agents/dt/loop.py does. PyTorch: the model's forward alone on a same-shape window
     under torch.inference_mode(), without the context bookkeeping that DT's `get_action`
     does on top, so this favours PyTorch.
 
@@ -98,12 +98,12 @@ def _reps_for(seconds_one: float, target: float) -> int:
 
 def synthetic_data(num_tasks: int, episodes_per_task: int = 2, length: int = 500,
                    seed: int = 0):
-    """A random offline dataset on the device, as agents/dt/train.py's `DTData`: every task
+    """A random offline dataset on the device, as agents/dt/learner.py's `DTData`: every task
     `episodes_per_task` episodes of `length` steps (Meta-World's 500). The update's cost does
     not depend on the values."""
     import jax.numpy as jnp
 
-    from agents.dt.train import DTData
+    from agents.dt.learner import DTData
 
     rng = np.random.default_rng(seed)
     n = num_tasks * episodes_per_task * length
@@ -124,13 +124,13 @@ def synthetic_data(num_tasks: int, episodes_per_task: int = 2, length: int = 500
 
 
 class JaxSide:
-    """Our learner (agents/dt/train.py, `mtdt`) at one size: timed training steps and
+    """Our learner (agents/dt/learner.py, `mtdt`) at one size: timed training steps and
     evaluation steps.
 
     Training is the learner's own jitted `train_updates`, called for one update at a time
     (each update samples its task-balanced batch from the dataset on the device, then one
     AdamW step; at these sizes an update takes seconds, so the per-call dispatch is noise).
-    Evaluation is the learner's `act` under `jax.jit`, as training/dt_loop.py runs it: append
+    Evaluation is the learner's `act` under `jax.jit`, as agents/dt/loop.py runs it: append
     the step to every task's context of the last K steps, one forward, action to the host.
     """
 
@@ -140,7 +140,7 @@ class JaxSide:
         import jax.numpy as jnp
 
         from agents.dt import DTConfig
-        from agents.dt.train import count_parameters, make_dt_learner
+        from agents.dt.learner import count_parameters, make_dt_learner
 
         if batch % NUM_TASKS:
             raise SystemExit(f"--batch {batch} must be a multiple of the {NUM_TASKS} tasks")
@@ -378,7 +378,7 @@ def main():
            "repetitions, warm-up (and JAX compile) excluded.",
            f"\n(a) training, batch {args.batch} x {3 * CONTEXT} tokens = {tokens:,} tokens "
            "per step (padding included); dropout 0.1, AdamW lr 1e-4, wd 1e-4, grad-norm clip "
-           "0.25, MSE on valid steps. JAX: agents/dt/train.py's jitted `train_updates`, one "
+           "0.25, MSE on valid steps. JAX: agents/dt/learner.py's jitted `train_updates`, one "
            "update per call, batch sampled on the device; PyTorch: DT's eager step on a fixed "
            "batch.\n",
            "| size | params (both) | JAX ms / step | JAX tokens/s | PyTorch tokens/s "

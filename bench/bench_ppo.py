@@ -6,7 +6,7 @@ minibatch updates + the critic's fit), counted over all tasks and seeds, timed a
 warm-up iteration, median of alternating rounds (this machine is noisy):
 
 - gym: `env.backend gym`, one seed: minigrid's envs stepped on the host, one jitted policy
-  call per step, then the jitted update (training/ppo_loop.py's `_gym_chunk`);
+  call per step, then the jitted update (agents/ppo/loop.py's `_gym_chunk`);
 - jax xN: `env.backend jax`, N seeds vmapped (one seed: unbatched, as the trainer runs it) in
   one jitted `lax.scan` of whole iterations.
 
@@ -39,14 +39,14 @@ from training import config as config_lib  # noqa: E402
 
 def gym_run(cfg):
     """A zero-argument function running one PPO iteration on the minigrid backend."""
+    from agents.ppo.loop import PPOTrainer
     from training import run_dir as run_lib
-    from training.ppo_loop import PPOTrainer
 
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, backend="gym"))
     run = run_lib.create_at(Path(tempfile.mkdtemp()) / "run", cfg)
     trainer = PPOTrainer([cfg], [run], show_progress=False)
     trainer.updates_per_chunk = 1
-    trainer._fresh()
+    trainer.fresh()
     trainer._start_gym()
     trainer._gym_chunk()  # compile
     return trainer._gym_chunk
@@ -55,8 +55,8 @@ def gym_run(cfg):
 def jax_run(cfg, seeds: int):
     """A zero-argument function running one PPO iteration of `seeds` seeds on the device: the
     trainer's own compiled chunk, at one iteration per chunk."""
-    from agents.ppo.train import make_ppo
-    from training.ppo_loop import compiled_chunk
+    from agents.ppo.learner import make_ppo
+    from agents.ppo.loop import compiled_chunk
 
     step = cfg.ppo.steps_per_task
     one = dataclasses.replace(cfg, train=dataclasses.replace(

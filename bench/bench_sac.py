@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.networks import NetworkConfig  # noqa: E402
+from agents.nn.registry import NetworkConfig  # noqa: E402
 from bench.common import filled_buffer, timed, write_section  # noqa: E402
 from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
@@ -44,7 +44,7 @@ SIZES = {"paper 3x400, batch 128/task": ((400, 400, 400), 128),
 
 def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
     """Gradient steps per second of the jitted chunk, sampling from a filled device buffer."""
-    from agents.sac.train import make_learner
+    from agents.sac.learner import make_learner
 
     n = 10
     learner = make_learner(cfg.sac, cfg.network, n, OBS_DIM, ACTION_DIM)
@@ -96,12 +96,12 @@ def bench_loop(cfg: Config, chunks: int, rounds: int) -> dict:
     are measured in alternation, `rounds` times, and the medians reported, so that machine
     noise hits them alike.
     """
-    from training.loop import Trainer
+    from agents.sac.loop import Trainer
 
     length = cfg.train.chunk_steps
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), show_progress=False)
-        trainer._fresh()
+        trainer.fresh()
         writer = _NullWriter()
         while trainer.progress.env_steps <= cfg.sac.actor_warmup:  # past both warm-ups
             trainer.run_chunk(writer)

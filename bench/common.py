@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def filled_buffer(num_tasks: int, capacity: int, obs_dim: int, action_dim: int):
     """A replay buffer full of random transitions (the update's cost does not depend on
     their values)."""
-    from training import replay
+    from training.data import replay
 
     rng = np.random.default_rng(0)
     chunk = {

@@ -1,8 +1,8 @@
 """Plain PyTorch reference of our SAC update, for the JAX-vs-PyTorch speed benchmark (CPU).
 
 The MOORE and mtrl reference code is PyTorch, updated eagerly one step at a time. This module
-writes the same SAC gradient step as `agents/sac/train.py` (same architectures as
-`agents/networks.py`, same losses as `agents/sac/losses.py`, same order) the way such a
+writes the same SAC gradient step as `agents/sac/learner.py` (same architectures as
+`agents/nn/registry.py`, same losses as `agents/sac/losses.py`, same order) the way such a
 reference implementation would: `nn.Module`s, `torch.optim.Adam`, `loss.backward()`.
 
 Step order, as MOORE's (mushroom-rl's) SAC and ours:
@@ -44,7 +44,7 @@ ARCHITECTURES = ("mtmlp", "multihead", "moe", "moore")
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks (mirroring agents/networks.py)
+# Networks (mirroring agents/nn/registry.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -112,7 +112,7 @@ class TaskHeads(nn.Module):
 
 def gram_schmidt(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Classical Gram-Schmidt of (B, k, d) along k, in order, plus `eps` on each norm, as
-    agents/networks.py. MOORE's OrthogonalLayer1D computes the same projections with batched
+    agents/nn/registry.py. MOORE's OrthogonalLayer1D computes the same projections with batched
     (1 x d) @ (d x i) matmuls; on CPU the elementwise form is faster (~20 vs ~28 ms forward +
     backward at B=1280, k=4, d=400), so the reference uses it."""
     basis: list[torch.Tensor] = []
@@ -278,7 +278,7 @@ class TorchSAC:
 
 def make_batch(num_tasks: int, batch_size_per_task: int, obs_dim: int, action_dim: int,
                generator: torch.Generator | None = None) -> dict:
-    """A random task-balanced batch laid out as `training.replay.sample` returns it."""
+    """A random task-balanced batch laid out as `training.data.replay.sample` returns it."""
     n = num_tasks * batch_size_per_task
 
     def uniform(*shape):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from agents.dt.networks import DTConfig
-from agents.networks import NetworkConfig
-from agents.ppo.train import PPOConfig
-from agents.sac.train import SACConfig
+from agents.nn.registry import NetworkConfig
+from agents.ppo.learner import PPOConfig
+from agents.sac.learner import SACConfig
 from training.config import Config, EnvConfig, EvalConfig, TrainConfig
 from training.errors import UsageError
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.modular import PACO_VECTOR_NAME
-from agents.networks import NetworkConfig
-from agents.sac.train import SACConfig, make_learner
+from agents.nn.paco import PACO_VECTOR_NAME
+from agents.nn.registry import NetworkConfig
+from agents.sac.learner import SACConfig, make_learner
 from tests.test_masks import _buffer
 
 NUM_TASKS, OBS, ACT = 3, 6, 2
@@ -51,7 +51,7 @@ def test_paco_masks_a_diverging_task_out_and_resets_its_vector():
 
 
 def test_every_algorithm_architecture_pair_trains_or_is_refused_with_its_reason():
-    from agents.networks import ARCHITECTURES
+    from agents.nn.registry import ARCHITECTURES
     from experiments.presets import get_preset
     from training import config as config_lib
     from training.errors import UsageError

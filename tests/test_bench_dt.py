@@ -105,7 +105,7 @@ def test_same_training_loss_and_gradient_norm():
 
 
 def test_bench_jax_side_calls_our_learner():
-    """The benchmark's JAX side (agents/dt/train.py's learner on a random dataset) builds, and
+    """The benchmark's JAX side (agents/dt/learner.py's learner on a random dataset) builds, and
     its training and evaluation calls trace to the expected shapes (traced only: compiling
     the learner's update takes longer than this whole module should)."""
     from bench.bench_dt import NUM_TASKS, JaxSide

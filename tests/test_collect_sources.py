@@ -14,8 +14,8 @@ from envs.minigrid import make
 from envs.minigrid.expert import Planner, memory_cells, memory_cue, rollout
 from envs.minigrid.multitask import SUITES
 from training.checkpoint import Checkpointer
+from training.data.offline_data import load_dataset
 from training.errors import UsageError
-from training.offline_data import load_dataset
 
 # The tiny SAC run of tests/test_training.py (TINY, SMALL_SUITE) with a 100-step buffer and
 # the plain multi-task MLP (the architecture is irrelevant here; it compiles fastest):
@@ -35,10 +35,10 @@ OVERRIDES = {
 
 @pytest.fixture(scope="module")
 def sac_run(tmp_path_factory):
+    from agents.sac.loop import Trainer
     from experiments.presets import get_preset
     from training import config as config_lib
     from training import run_dir as run_lib
-    from training.loop import Trainer
 
     cfg = config_lib.apply_overrides(get_preset("demo"), OVERRIDES)
     config_lib.validate(cfg)
@@ -53,7 +53,7 @@ def _buffer(run, step):
 
 
 def _export(run, tmp_path, step, half="all"):
-    from training.collect_replay import collect_replay
+    from training.data.collect_replay import collect_replay
 
     path = collect_replay(tmp_path / f"replay-{step}-{half}", run, half=half, step=step,
                           show_progress=False)
@@ -137,7 +137,7 @@ def test_replay_export_of_a_wrapped_buffer(sac_run, tmp_path):
 
 
 def test_replay_export_errors(sac_run, tmp_path):
-    from training.collect_replay import collect_replay
+    from training.data.collect_replay import collect_replay
 
     with pytest.raises(UsageError, match="no replay buffer"):
         collect_replay(tmp_path / "a", sac_run, step=0, show_progress=False)
@@ -173,7 +173,7 @@ def test_planner_solves_every_task(task):
 
 
 def test_minigrid_dataset(tmp_path):
-    from training.collect_minigrid import collect_minigrid, episode_seed
+    from training.data.collect_minigrid import collect_minigrid, episode_seed
 
     names = SUITES["minigrid_mt3"]
     path = collect_minigrid(tmp_path / "mt3", "minigrid_mt3", "mixed", 4, seed=3,

@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from agents import masks
 from agents.dt import DTConfig, action_loss, make_dt, returns_to_go, rtg_after_step
 from agents.dt.networks import HARMODT
+from agents.nn import masks
 from training.errors import UsageError
 
 B, K, P, S, A, TASKS = 2, 4, 4, 3, 2, 3

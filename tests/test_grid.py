@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import launch
+from experiments import grid as grid_lib
 from tests.conftest import ROOT
-from training import grid as grid_lib
 from training import run_dir as run_lib
 from training.errors import UsageError
 
@@ -102,17 +102,20 @@ def test_status_distinguishes_done_partial_new(tmp_path, monkeypatch):
     assert [grid_lib.run_status(r) for r in runs] == ["done", "partial"]
     calls = []
 
-    class FakeTrainer:
-        def __init__(self, cfg, run, show_progress):
+    class FakeTrainer:  # the SAC loop's place in training/train.py's RUNNERS
+        @classmethod
+        def for_runs(cls, cfgs, runs, show_progress):
+            (run,) = runs
             calls.append(run)
+            return cls()
 
         def train(self, resume):
             calls.append(resume)
-            return {}
+            return [{}]
 
-    import training.loop
+    import agents.sac.loop
 
-    monkeypatch.setattr(training.loop, "Trainer", FakeTrainer)
+    monkeypatch.setattr(agents.sac.loop, "Trainer", FakeTrainer)
     run_lib.create_at(tmp_path / "tmp-config-only", partial.config)
     (partial.run_dir / "config.json").write_text(
         (tmp_path / "tmp-config-only" / "config.json").read_text())
@@ -241,7 +244,7 @@ def test_a_group_that_does_not_fit_in_memory_trains_in_parts(tmp_path, monkeypat
 
 @pytest.mark.parametrize("free, size", [(8.0, 5), (4.0, 2), (3.9, 1), (2.0, 1)])
 def test_a_batch_size_is_checked_again_at_that_size(free, size):
-    from training.ppo_loop import _fitting
+    from agents.ppo.loop import _fitting
 
     # a chunk needing 2 + n units for n seeds: 5 seeds at 7 units estimate 1.4 per seed, but
     # 2 seeds need 4, not 2.8

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from experiments import grid as grid_lib
 from experiments.presets import get_preset
 from tests.conftest import ROOT
 from tests.test_training import SMALL_SUITE, TINY
-from training import grid as grid_lib
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.errors import UsageError

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents import masks
-from agents.networks import NetworkConfig
-from agents.sac.train import SACConfig, make_learner
-from training import replay
+from agents.nn import masks
+from agents.nn.registry import NetworkConfig
+from agents.sac.learner import SACConfig, make_learner
+from training.data import replay
 
 NUM_TASKS, OBS = 3, 6
 
@@ -168,7 +168,7 @@ def test_sac_with_weight_masks_regrows_on_schedule_and_targets_follow():
 
 
 def test_ppo_with_weight_masks_trains_only_active_weights_and_regrows_on_schedule():
-    from agents.ppo.train import PPOConfig, make_ppo
+    from agents.ppo.learner import PPOConfig, make_ppo
 
     net = NetworkConfig(arch="weightmask", hidden_sizes=(8,), mask_density=0.5,
                         mask_update_every=2, mask_update_max=4)

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.modular import CARE, PACO_VECTOR_NAME, PaCo, SoftModular, paco_reset
+from agents.nn.care import CARE
+from agents.nn.paco import PACO_VECTOR_NAME, PaCo, paco_reset
+from agents.nn.softmod import SoftModular
 from training.errors import UsageError
 
 T, D, OUT = 3, 5, 2

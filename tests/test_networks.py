@@ -5,14 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.networks import (
-    ARCHITECTURES,
-    MLP,
-    NetworkConfig,
-    TaskHeads,
-    gram_schmidt,
-    make_network,
-)
+from agents.nn.layers import MLP, TaskHeads
+from agents.nn.moore import gram_schmidt
+from agents.nn.registry import ARCHITECTURES, NetworkConfig, make_network
 
 NUM_TASKS, OBS = 3, 6
 

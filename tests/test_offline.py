@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.dt.train import device_data, make_dt_learner, window
+from agents.dt.learner import device_data, make_dt_learner, window
 from tests.conftest import interrupted_at_call
 from training import config as config_lib
-from training.collect import collect_scripted
 from training.config import Config, EnvConfig, EvalConfig, TrainConfig
+from training.data.collect import collect_scripted
+from training.data.offline_data import Episode, load_dataset, rebuild_arrays, write_dataset
 from training.errors import UsageError
-from training.offline_data import Episode, load_dataset, rebuild_arrays, write_dataset
 
 TASKS = ("reach-v3", "push-v3")
 HORIZON = 50
@@ -139,7 +139,7 @@ def test_bad_datasets_give_clear_errors(dataset_dir, tmp_path):
         write_dataset(dataset_dir, {"tasks": list(TASKS)}, [])
 
     # Another task order is another Meta-World goal set: the run must not evaluate on it.
-    from training.dt_loop import open_dataset
+    from agents.dt.loop import open_dataset
 
     cfg = tiny_config(dataset_dir)
     with pytest.raises(UsageError, match="collected on suite 'custom'"):
@@ -300,14 +300,14 @@ def _evals(run):
 
 
 def test_interrupted_dt_run_resumes_exactly(dataset_dir, tmp_path):
+    from agents.dt.loop import DTTrainer, reevaluate
     from training import run_dir as run_lib
-    from training.dt_loop import DTTrainer, reevaluate
 
     cfg = tiny_config(dataset_dir, "harmodt", **HARMODT)
     config_lib.validate(cfg)
     full = run_lib.create_at(tmp_path / "full", cfg)
     full_trainer = DTTrainer(cfg, full, show_progress=False)
-    final = full_trainer.train()
+    (final,) = full_trainer.train()
     assert [r["step"] for r in _evals(full)] == [12] and final == _evals(full)[-1]
     assert set(final["per_task"]) == set(TASKS)
 

@@ -17,10 +17,10 @@ import pytest
 
 from agents.dt.networks import DTConfig
 from training import config as config_lib
-from training.collect_minigrid import collect_minigrid
 from training.config import Config, EnvConfig, EvalConfig, TrainConfig
+from training.data.collect_minigrid import collect_minigrid
+from training.data.offline_data import load_dataset
 from training.errors import UsageError
-from training.offline_data import load_dataset
 
 TASKS = ("MiniGrid-LavaGapS5-v0", "MiniGrid-DoorKey-5x5-v0")  # max_steps 100, 250
 EPISODES = 3  # evaluation episodes per task
@@ -58,13 +58,13 @@ def test_planner_dataset_is_discrete_minigrid_data(dataset_dir):
 
 
 def test_dt_trains_and_evaluates_all_tasks_on_the_device(dataset_dir, tmp_path):
+    from agents.dt.loop import DTTrainer, reevaluate
     from training import run_dir as run_lib
-    from training.dt_loop import DTTrainer, reevaluate
 
     cfg = tiny_config(dataset_dir)
     config_lib.validate(cfg)
     run = run_lib.create_at(tmp_path / "run", cfg)
-    final = DTTrainer(cfg, run, show_progress=False).train()
+    (final,) = DTTrainer(cfg, run, show_progress=False).train()
     records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert records == [final] and final["step"] == 8 and final["deterministic"]
     assert list(final["per_task"]) == list(TASKS)
@@ -79,12 +79,16 @@ def test_dt_trains_and_evaluates_all_tasks_on_the_device(dataset_dir, tmp_path):
     record = reevaluate(gym, run, None, 2)
     assert list(record["per_task"]) == list(TASKS)
     assert all(r["episodes"] == 2 for r in record["per_task"].values())
+    for r in (*final["per_task"].values(), *record["per_task"].values()):
+        # timeouts are counted as the PPO evaluation counts them, on both backends
+        assert list(r) == ["success", "return", "timeout", "episodes"]
+        assert 0 <= r["timeout"] <= 1 - r["success"]
 
 
 def test_discrete_action_loss_falls_on_the_data(dataset_dir):
     """Cross-entropy on the planner's actions: 200 updates (the learner of the test above,
     already compiled) bring the loss far below its start (log 7 = 1.95)."""
-    from agents.dt.train import device_data, make_dt_learner
+    from agents.dt.learner import device_data, make_dt_learner
 
     cfg = tiny_config(dataset_dir).dt
     learner = make_dt_learner(cfg, 147, 7, len(TASKS))
@@ -127,7 +131,7 @@ def test_minigrid_dt_config_errors(dataset_dir):
 
 
 def test_minigrid_dataset_mismatches(dataset_dir, tmp_path):
-    from training.dt_loop import open_dataset
+    from agents.dt.loop import open_dataset
 
     cfg = tiny_config(dataset_dir)
     dataset, names = open_dataset(cfg)

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.networks import NetworkConfig, conv2x2, make_network
+from agents.nn.layers import conv2x2
+from agents.nn.registry import NetworkConfig, make_network
 from agents.ppo import losses
-from agents.ppo.train import PPOConfig
+from agents.ppo.learner import PPOConfig
 from envs.minigrid import ENVS
 from envs.minigrid.multitask import MultiTaskGrid
 from experiments.presets import get_preset
@@ -154,8 +155,8 @@ def tiny_config(seed=0, **env) -> config_lib.Config:
 
 
 def _train(cfgs, tmp_path, resume=False, runs=None):
+    from agents.ppo.loop import PPOTrainer
     from training import run_dir as run_lib
-    from training.ppo_loop import PPOTrainer
 
     runs = runs or [run_lib.create_at(tmp_path / f"s{c.seed}", c) for c in cfgs]
     trainer = PPOTrainer(cfgs, runs, show_progress=False)
@@ -168,7 +169,7 @@ def _evals(run):
 
 
 def test_advantage_normalisation_changes_the_actor_update_only():
-    from agents.ppo.train import make_ppo
+    from agents.ppo.learner import make_ppo
 
     cfg = tiny_config()
     after = {}
@@ -187,7 +188,7 @@ def test_advantage_normalisation_changes_the_actor_update_only():
 
 
 def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
-    from training import ppo_loop
+    from agents.ppo import loop as ppo_loop
     from training.memory import call_bytes
     from training.train import seeds_per_process
 
@@ -211,7 +212,7 @@ def test_memory_check_refuses_seeds_that_do_not_fit(monkeypatch):
 
 
 def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):
-    from training.ppo_loop import PPOTrainer
+    from agents.ppo.loop import PPOTrainer
 
     cfgs = [tiny_config(0), tiny_config(1)]
     for c in cfgs:
@@ -237,12 +238,12 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):
         np.testing.assert_array_equal(x, y)
 
     # `launch.py eval --run` on the final checkpoint reproduces the last eval.jsonl record.
-    from training.ppo_loop import reevaluate
+    from agents.ppo.loop import reevaluate
 
     again = reevaluate(cfgs[0], full0, None, None, deterministic=False)
     assert again == _evals(full0)[-1]
     # ... and with the behaviour summary, the same record plus a table of every task.
-    from training.ppo_loop import format_behaviour
+    from agents.ppo.loop import format_behaviour
 
     described = reevaluate(cfgs[0], full0, None, None, deterministic=False, behaviour=True)
     assert {k: described[k] for k in again} == again
@@ -265,8 +266,8 @@ def test_interrupted_run_resumes_exactly_and_seeds_batch(tmp_path):
 def test_gym_backend_trains_resumes_deterministically_and_evaluates(tmp_path):
     import shutil
 
+    from agents.ppo.loop import PPOTrainer
     from training import run_dir as run_lib
-    from training.ppo_loop import PPOTrainer
 
     cfg = tiny_config(0, backend="gym")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps_per_task=64))
@@ -285,7 +286,7 @@ def test_gym_backend_trains_resumes_deterministically_and_evaluates(tmp_path):
     assert [r["step"] for r in records] == [0, 32, 64]
     assert set(records[-1]["per_task"]) == set(TINY_TASKS)
     assert all(r["per_task"][TINY_TASKS[0]]["episodes"] == 2 for r in records)
-    from training.ppo_loop import reevaluate
+    from agents.ppo.loop import reevaluate
 
     described = reevaluate(cfg, run, None, None, deterministic=False, behaviour=True)
     assert {k: described[k] for k in records[-1]} == records[-1]  # the host envs' evaluation
@@ -338,8 +339,8 @@ def test_evaluation_tells_timeouts_from_terminal_failures():
     on LavaGap (agent at (1, 1) facing the lava column) dies in the lava unless the gap is in
     its row, and then times out against the wall: never a success, some timeouts, not all.
     Both backends."""
-    from agents.ppo.train import make_ppo
-    from training.ppo_loop import gym_evaluate
+    from agents.ppo.learner import make_ppo
+    from agents.ppo.loop import gym_evaluate
 
     ppo = make_ppo(PPOConfig(), NetworkConfig(arch="mtmlp", encoder="cnn", hidden_sizes=(8,)),
                    TINY_TASKS)

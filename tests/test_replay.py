@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from training import replay
+from training.data import replay
 
 
 def _chunk(length, num_tasks, start):

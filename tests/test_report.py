@@ -7,10 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.presets import get_preset
-from training.config import dumps
-from training.errors import UsageError
-from training.report import (
+from analysis.report import (
     iqm,
     latex_escape,
     load_references,
@@ -18,6 +15,9 @@ from training.report import (
     report,
     stratified_bootstrap_ci,
 )
+from experiments.presets import get_preset
+from training.config import dumps
+from training.errors import UsageError
 
 TASKS = ("reach-v3", "push-v3")
 # method -> seed -> final success per task (fractions, as in eval.jsonl)
@@ -377,7 +377,7 @@ def test_duplicate_seed_raises(tmp_path):
 
 
 def test_offline_references_only_beside_offline_runs():
-    from training.report import load_references
+    from analysis.report import load_references
 
     offline = load_references("mt50", setting="offline")
     assert len(offline) == 14 and all(r["setting"] == "offline" for r in offline)

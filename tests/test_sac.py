@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.networks import NetworkConfig
+from agents.nn.registry import NetworkConfig
 from agents.sac import losses
+from agents.sac.learner import SACConfig, make_learner
 from agents.sac.networks import sample_tanh_gaussian
-from agents.sac.train import SACConfig, make_learner
-from training import replay
+from training.data import replay
 
 NUM_TASKS, OBS, ACT = 3, 5, 2
 NET = NetworkConfig(arch="moore", hidden_sizes=(16, 16), num_experts=2)

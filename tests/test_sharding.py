@@ -35,9 +35,9 @@ def _chunks(out_dir):
     """Run a chunk of updates of every case on one device and on the mesh; save both."""
     import jax.numpy as jnp
 
-    from agents.networks import NetworkConfig
-    from agents.sac.train import SACConfig, make_learner
-    from training import replay
+    from agents.nn.registry import NetworkConfig
+    from agents.sac.learner import SACConfig, make_learner
+    from training.data import replay
 
     obs_dim, action_dim, updates, size = 5, 2, 3, 64
     net = NetworkConfig(arch="moore", hidden_sizes=(16, 16), num_experts=2)

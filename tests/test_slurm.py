@@ -1,4 +1,4 @@
-"""The Slurm backend (training/slurm.py): [slurm] table checks and the helpers without a
+"""The Slurm backend (experiments/slurm.py): [slurm] table checks and the helpers without a
 cluster; then, on a real single-node Slurm started on localhost (tests/slurm_harness.py; skipped
 when slurm-wlm/munge are missing or cannot start), a tiny grid as a job array, a PPO seed
 batch as one array task, and a run preempted mid-training that submitit checkpoints and
@@ -14,10 +14,10 @@ import time
 import pytest
 import submitit
 
+from experiments import grid, slurm
 from tests.slurm_harness import LocalSlurm, SlurmUnavailable
 from tests.test_grid import TINY_PPO
 from tests.test_training import TINY
-from training import grid, slurm
 from training import run_dir as run_lib
 from training.errors import UsageError
 

@@ -142,10 +142,10 @@ def test_resume_refuses_changed_config_and_corrupt_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
+    from agents.sac.loop import Trainer
     from experiments.presets import get_preset
     from training import config as config_lib
     from training.errors import TrainingDiverged
-    from training.loop import Trainer
 
     cfg = config_lib.apply_overrides(get_preset("demo"), {
         "env.suite": "custom", "env.tasks": "reach-v3,drawer-close-v3",
@@ -183,9 +183,9 @@ SMOKE_PRESETS = ["mt10_paco", "mt10_unitmask", "mt10_weightmask", "mt10_gradnorm
 def test_every_sharing_preset_trains_on_mt10(tmp_path, preset):
     """A short MT10 run per preset, in-process: trains, evaluates every task, and for the mask
     architectures records density and overlap in eval.jsonl and a figure."""
+    from agents.sac.loop import Trainer
     from experiments.presets import get_preset
     from training import config as config_lib
-    from training.loop import Trainer
 
     overrides = dict(zip(TINY[0:-1:2], TINY[1::2], strict=True))
     overrides = {k.removeprefix("--"): v for k, v in overrides.items()
@@ -196,7 +196,7 @@ def test_every_sharing_preset_trains_on_mt10(tmp_path, preset):
     cfg = config_lib.apply_overrides(get_preset(preset), overrides)
     config_lib.validate(cfg)
     run = run_lib.create(tmp_path, cfg)
-    result = Trainer(cfg, run, show_progress=False).train()
+    (result,) = Trainer(cfg, run, show_progress=False).train()
     assert result["step"] == 80 and len(result["per_task"]) == 10
     records = run_lib.read_evals(run)
     assert [r["step"] for r in records] == [0, 80]

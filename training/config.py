@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from agents.dt.networks import DTConfig
-from agents.networks import NetworkConfig
-from agents.ppo.train import PPOConfig
-from agents.sac.train import SACConfig
+from agents.nn.registry import NetworkConfig
+from agents.ppo.learner import PPOConfig
+from agents.sac.learner import SACConfig
 from training.errors import UsageError
 
 
@@ -80,7 +80,7 @@ ALGORITHMS = ("sac", "ppo", "dt")
 SEED_LIMIT = 2**32
 MAX_STEPS = 2**31 - 1  # learners count their updates in int32
 # Which network.arch each algorithm trains. Every learner takes the shared optimiser step
-# (agents/arch_training.py: only `params` trains, masks and probes keep their values); SAC
+# (agents/nn/rules.py: only `params` trains, masks and probes keep their values); SAC
 # and PPO apply weight masks' prune-and-regrow; only SAC has PaCo's task reset, which is
 # defined on SAC's per-task critic loss. DT builds its own networks (dt.variant; HarmoDT's
 # masks) and reads no network.arch. A pair missing here is refused with its reason.
@@ -102,8 +102,8 @@ MINIGRID_BACKENDS = ("jax", "gym")
 class Config:
     preset: str = "custom"
     seed: int = 0
-    # sac (Meta-World, training/loop.py) | ppo (MiniGrid, training/ppo_loop.py) |
-    # dt (offline, from a dataset: the decision-transformer family, training/dt_loop.py)
+    # sac (Meta-World, agents/sac/loop.py) | ppo (MiniGrid, agents/ppo/loop.py) |
+    # dt (offline, from a dataset: the decision-transformer family, agents/dt/loop.py)
     algo: str = "sac"
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -286,12 +286,6 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
                          "MiniGrid suites use ppo (online) or dt (offline), Meta-World suites "
                          "use sac (online) or dt (offline)")
-    for section in sections_of(cfg.algo):
-        sub = getattr(cfg, section)
-        for name, choices in type(sub).__dict__.get("CHOICES", {}).items():
-            if getattr(sub, name) not in choices:
-                raise UsageError(f"unknown {section}.{name} '{getattr(sub, name)}'; valid: "
-                                 f"{', '.join(choices)}")
     t = cfg.train
     positive = {
         "train.total_steps_per_task": t.total_steps_per_task,
@@ -322,6 +316,7 @@ def validate(cfg: Config) -> None:
         local_mesh(t.devices)  # the upper bound needs JAX's backend
     if cfg.algo == "dt":
         _validate_dt(cfg)
+        _check_choices(cfg)
         return
     if cfg.algo == "ppo":
         _validate_ppo(cfg)
@@ -329,14 +324,26 @@ def validate(cfg: Config) -> None:
         _validate_sac(cfg)
     check_arch(cfg.algo, cfg.network.arch)
     # Checked here, before a run directory exists, so bad input leaves nothing behind.
-    from agents.networks import make_network
+    from agents.nn.registry import make_network
 
     make_network(cfg.network, 1, 1)
+    _check_choices(cfg)
+
+
+def _check_choices(cfg: Config) -> None:
+    """Every string option with a fixed set of values (each config class's CHOICES) holds one
+    of them; checked last, after the checks that name a value in their own words."""
+    for section in sections_of(cfg.algo):
+        sub = getattr(cfg, section)
+        for name, choices in type(sub).__dict__.get("CHOICES", {}).items():
+            if getattr(sub, name) not in choices:
+                raise UsageError(f"unknown {section}.{name} '{getattr(sub, name)}'; valid: "
+                                 f"{', '.join(choices)}")
 
 
 def check_arch(algo: str, arch: str) -> None:
     """Refuse an architecture the algorithm's learner does not train faithfully."""
-    from agents.networks import ARCHITECTURES
+    from agents.nn.registry import ARCHITECTURES
 
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown network.arch '{arch}'; valid: {', '.join(ARCHITECTURES)}")

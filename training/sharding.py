@@ -2,7 +2,7 @@
 
 A 1-D mesh over the local devices, axis "data". The learner's state and the replay buffer
 are replicated on every device; every sampled batch is split along its rows
-(`agents/sac/train.py`), so each device runs the forward and backward passes of its share
+(`agents/sac/learner.py`), so each device runs the forward and backward passes of its share
 and XLA all-reduces the gradients. Replicating the buffer keeps sampling local to each
 device (no gather across devices) at the cost of one buffer copy per device.
 

@@ -1,8 +1,9 @@
-"""Train runs with their algorithm's loop (SAC: training/loop.py, PPO: training/ppo_loop.py,
-DT: training/dt_loop.py)."""
+"""Train runs with their algorithm's loop (SAC: agents/sac/loop.py, PPO: agents/ppo/loop.py,
+DT: agents/dt/loop.py)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from training import run_dir as run_lib
@@ -28,7 +29,7 @@ def seeds_per_process(cfgs: list[Config]) -> int:
     other loops train one seed per process."""
     if cfgs[0].algo != "ppo":
         return len(cfgs)
-    from training.ppo_loop import seeds_that_fit
+    from agents.ppo.loop import seeds_that_fit
 
     return seeds_that_fit(cfgs)
 
@@ -65,19 +66,14 @@ def _has_checkpoints(cfgs: list[Config], runs: list[Path]) -> bool:
     return False
 
 
+# The registry of algorithms: config.algo -> its loop, a training/runner.py Runner. Imported
+# on use (they import JAX and build environments).
+RUNNERS = {"sac": "agents.sac.loop:Trainer", "ppo": "agents.ppo.loop:PPOTrainer",
+           "dt": "agents.dt.loop:DTTrainer"}
+
+
 def _train(cfgs: list[Config], runs: list[Path], resume: bool,
            show_progress: bool) -> list[dict]:
-    if cfgs[0].algo == "dt":
-        from training.dt_loop import DTTrainer
-
-        (cfg,), (run,) = cfgs, runs
-        return [DTTrainer(cfg, run, show_progress=show_progress).train(resume=resume)]
-    if cfgs[0].algo == "ppo":
-        from training.ppo_loop import PPOTrainer, check_memory
-
-        check_memory(cfgs)  # a grid job too is refused before it trains, not killed mid-run
-        return PPOTrainer(cfgs, runs, show_progress=show_progress).train(resume=resume)
-    from training.loop import Trainer  # imports JAX and builds envs
-
-    (cfg,), (run,) = cfgs, runs
-    return [Trainer(cfg, run, show_progress=show_progress).train(resume=resume)]
+    module, name = RUNNERS[cfgs[0].algo].split(":")
+    runner = getattr(importlib.import_module(module), name)
+    return runner.for_runs(cfgs, runs, show_progress).train(resume=resume)

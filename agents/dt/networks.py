@@ -12,7 +12,7 @@ One module, `DecisionTransformer`, four variants (`DTConfig.variant`):
   embedding layers: a demonstration plays a different role from the agent's own history, and
   separate embeddings let the model tell the two apart without a segment embedding.
 - `harmodt` (Hu et al. 2024): Prompt-DT whose transformer-block kernels are multiplied by a
-  binary mask per task (`agents/masks.py`'s MaskedDense, initial density 0.8 spread over the
+  binary mask per task (`agents/nn/masks.py`'s MaskedDense, initial density 0.8 spread over the
   layers by ERK). Only the blocks are masked, not embeddings or heads, as in its code: the
   blocks are where task gradients conflict; the small input/output maps stay shared.
 - `mtbc`: the MTDT network without return tokens (tokens (s_t, a_t)): behaviour cloning with
@@ -48,8 +48,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agents.masks import MASKS, PROBE, MaskedDense, erk_densities
-from agents.networks import Linear
+from agents.nn.layers import Linear
+from agents.nn.masks import MASKS, PROBE, MaskedDense, erk_densities
 from training.errors import UsageError
 
 VARIANTS = ("mtdt", "promptdt", "harmodt", "mtbc")
@@ -79,7 +79,7 @@ class DTConfig:
     max_timestep: int = 1000  # Meta-World episodes are 500 steps; MiniGrid's at most 720
     prompt_length: int = 5
     mask_density: float = 0.8
-    # Training (agents/dt/train.py, training/dt_loop.py): DT's optimiser and batches.
+    # Training (agents/dt/learner.py, agents/dt/loop.py): DT's optimiser and batches.
     dataset: str = ""  # directory written by `launch.py collect` (required to train)
     batch_per_task: int = 16  # context windows of every task in each batch (Prompt-DT: 16)
     learning_rate: float = 1e-4
@@ -314,7 +314,7 @@ def make_dt(cfg: DTConfig, state_dim: int, action_dim: int, num_tasks: int
 
     `action_dim` is the action vector's size (continuous) or the number of actions
     (discrete). HarmoDT keeps its masks in the `masks` collection (and the zero `mask_probe`
-    collection whose gradient gives the regrow scores), exactly as agents/masks.py's
+    collection whose gradient gives the regrow scores), exactly as agents/nn/masks.py's
     `weightmask` network, so `regrow_tree` and `mask_statistics` apply unchanged.
     """
     if cfg.variant not in VARIANTS:

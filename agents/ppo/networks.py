@@ -1,5 +1,5 @@
 """PPO's separate actor (action logits) and critic (state value), each built on any multi-task
-architecture of agents/networks.py, as MOORE's MiniGrid code has one network for each."""
+architecture of agents/nn/registry.py, as MOORE's MiniGrid code has one network for each."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agents.networks import NetworkConfig, make_network
+from agents.nn.registry import NetworkConfig, make_network
 
 
 class Actor(nn.Module):

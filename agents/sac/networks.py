@@ -1,4 +1,4 @@
-"""SAC's actor and twin critics, each built on any multi-task architecture of agents/networks.py."""
+"""SAC's actor and twin critics, each built on any multi-task architecture (agents/nn/)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agents.masks import MASKS, PROBE
-from agents.networks import NetworkConfig, make_network
+from agents.nn.masks import MASKS, PROBE
+from agents.nn.registry import NetworkConfig, make_network
 
 
 class Actor(nn.Module):

@@ -39,7 +39,7 @@ Outputs (in `out`): report.md, per_task.csv, summary.csv, per_task.tex, summary.
 (booktabs), curves.png (IQM of the metric vs env steps per task with the 95 % CI band) and
 per_task.png (mean per task, error bars = min/max over seeds). For `--metric success` the
 summary also lists published numbers for the report's suite from
-training/reference_results.toml, labelled "reference: <method> (<source>)"; they were not
+analysis/reference_results.toml, labelled "reference: <method> (<source>)"; they were not
 re-run here and their protocols differ.
 """
 
@@ -559,7 +559,7 @@ def _curve(method: Method, metric: Metric, reps: int, seed: int):
 
 
 def _curves_png(methods, metric: Metric, path: Path, reps: int, seed: int) -> None:
-    from training.figures import plt, save
+    from analysis.figures import plt, save
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for m in methods:
@@ -582,7 +582,7 @@ def _curves_png(methods, metric: Metric, path: Path, reps: int, seed: int) -> No
 
 def _per_task_png(methods, metric: Metric, path: Path) -> None:
     """Grouped bars, one group per task; horizontal (tasks down the page) beyond 12 tasks."""
-    from training.figures import plt, save
+    from analysis.figures import plt, save
 
     tasks = methods[0].tasks
     num_tasks, num_methods = len(tasks), len(methods)

@@ -4,7 +4,7 @@ The published offline MT50 recipe (HarmoDT and the works it compares with) takes
 SAC replay buffers: near-optimal data = the whole replay, from the random first episodes to
 the converged policy (`half="all"`), sub-optimal data = its first half (`half="first"`).
 
-What a checkpoint holds (training/loop.py): `tree["buffer"]` = `replay.filled(buffer)`, the
+What a checkpoint holds (agents/sac/loop.py): `tree["buffer"]` = `replay.filled(buffer)`, the
 fields obs, action, reward, next_obs, terminated as (num_tasks, size, ...) float32, each
 task's row a ring buffer of capacity `sac.buffer_size_per_task` written at position
 `step % capacity` (all tasks step in lockstep, so one pointer serves all), and meta
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from training.errors import UsageError
-from training.offline_data import Episode, write_dataset
+from training.data.offline_data import Episode, write_dataset
 
 HALVES = ("all", "first")
 

@@ -23,7 +23,7 @@ keeps (theta * m_i), so a step trains every task on its own sub-network (HarmoDT
 Optimiser (DT): AdamW (lr 1e-4, weight decay 1e-4) after global-norm clipping at 0.25, with
 the learning rate warmed up linearly from 0 over `warmup_steps`. Masks are not parameters:
 only prune-and-regrow changes them (every `mask_update_every` updates, scored by each task's
-unmasked gradient; agents/masks.py).
+unmasked gradient; agents/nn/masks.py).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from agents import masks as masks_lib
-from agents.arch_training import optimiser_step
 from agents.dt.losses import action_loss
 from agents.dt.networks import PROMPT_VARIANTS, DTConfig, make_dt
+from agents.nn import masks as masks_lib
+from agents.nn.rules import optimiser_step
 
 
 class DTData(NamedTuple):
@@ -78,7 +78,7 @@ class EvalContext(NamedTuple):
 
 def device_data(dataset, task_names: tuple[str, ...], prompt_episodes: int,
                 normalize_states: bool = True) -> DTData:
-    """Copy the steps of `task_names` (an OfflineDataset, training/offline_data.py) to the
+    """Copy the steps of `task_names` (an OfflineDataset, training/data/offline_data.py) to the
     device, tasks in the given order, states normalised by their task's mean and std in the
     data (DT, Prompt-DT and HarmoDT all do; `act` applies the same statistics online).
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.networks import Linear, _torch_bias_init, _torch_kernel_init
+from agents.nn.layers import Linear, torch_bias_init, torch_kernel_init
 
 MASKED_ARCHS = ("unitmask", "weightmask")
 MASKS = "masks"  # variable collection holding the weight masks (not trained by the optimiser)
@@ -125,8 +125,8 @@ class MaskedDense(nn.Module):
     def __call__(self, x, task_id):
         fan_in = x.shape[-1]
         shape = (fan_in, self.features)
-        kernel = self.param("kernel", _torch_kernel_init, shape)
-        bias = self.param("bias", _torch_bias_init(fan_in), (self.features,))
+        kernel = self.param("kernel", torch_kernel_init, shape)
+        bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
         masks = self.variable(MASKS, "kernel", lambda: _random_masks(
             self.make_rng("params"), self.num_tasks, shape, self.density)).value
         masks = jax.lax.stop_gradient(masks)

@@ -1,7 +1,7 @@
 """The MiniGrid PPO loop: N seeds trained together on the device, or one seed on `minigrid`.
 
 On-device backend (`env.backend jax`): each seed's whole PPO iteration (rollout in our JAX
-envs, GAE, epochs of minibatch updates) is `agents/ppo/train.py`'s pure `train_updates`; it
+envs, GAE, epochs of minibatch updates) is `agents/ppo/learner.py`'s pure `train_updates`; it
 is vmapped over the seeds and jitted, and one call runs a chunk of iterations. The Python
 loop here only runs between chunks: tensorboardX logging, per-task evaluation on fresh env
 instances (16 episodes per task, stochastic by default, MOORE's protocol), checkpoints.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -31,10 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
-from agents.ppo.train import PPOState, Rollout, make_ppo
+from agents.ppo.learner import PPOState, Rollout, make_ppo
 from envs.minigrid import ACTION_NAMES
 from envs.minigrid.multitask import GymMultiTask, count_episode_step, task_names
 from training import run_dir as run_lib
@@ -42,6 +39,7 @@ from training.checkpoint import Checkpointer
 from training.config import Config, diff
 from training.errors import TrainingDiverged, UsageError
 from training.memory import GIB, call_bytes, free_bytes
+from training.runner import Runner
 
 
 def run_ppo(cfg: Config):
@@ -161,8 +159,9 @@ def evaluation_record(suite: str, deterministic: bool, names, step: int, updates
             "mean_return": float(returns.mean()), "per_task": per_task}
 
 
-class PPOTrainer:
-    """Trains the runs `runs` (configs `cfgs`, equal except for the seed) side by side."""
+class PPOTrainer(Runner):
+    """Trains the runs `runs` (configs `cfgs`, equal except for the seed) side by side, by
+    training/runner.py's lifecycle."""
 
     def __init__(self, cfgs: list[Config], runs: list[Path], show_progress: bool = True):
         if not cfgs or len(cfgs) != len(runs):
@@ -175,101 +174,66 @@ class PPOTrainer:
         seeds = [c.seed for c in cfgs]
         if len(set(seeds)) != len(seeds):
             raise UsageError(f"runs trained together need distinct seeds, got {seeds}")
-        self.cfg, self.runs, self.seeds = cfgs[0], runs, seeds
-        self.show_progress = show_progress
+        super().__init__(cfgs[0], runs, cfgs[0].train.total_steps_per_task, show_progress,
+                         f"{cfgs[0].preset} x{len(runs)} seeds")
+        self.seeds = seeds
         self.names = task_names(self.cfg.env.suite, self.cfg.env.tasks)
         self.ppo = run_ppo(self.cfg)
-        t, p = self.cfg.train, self.cfg.ppo
         self.steps_per_chunk = steps_per_chunk(self.cfg)
-        self.updates_per_chunk = self.steps_per_chunk // p.steps_per_task
-        self.checkpointers = [Checkpointer(r / "checkpoints", t.keep_checkpoints) for r in runs]
-        self._evaluate = jax.jit(over_seeds(functools.partial(
+        self.updates_per_chunk = self.steps_per_chunk // self.cfg.ppo.steps_per_task
+        self._evaluate_seeds = jax.jit(over_seeds(functools.partial(
             self.ppo.evaluate, episodes=self.cfg.eval.episodes,
             deterministic=self.cfg.eval.deterministic), len(seeds)))
         self._learn = jax.jit(self.ppo.learn, donate_argnums=0)
         self._sample = jax.jit(self.ppo.sample)
         self._policy = jax.jit(self.ppo.policy, static_argnums=3)
+        self._gym = None
+
+    @classmethod
+    def for_runs(cls, cfgs, runs, show_progress):
+        check_memory(cfgs)  # a grid job too is refused before it trains, not killed mid-run
+        return cls(cfgs, runs, show_progress=show_progress)
 
     # ---- state -----------------------------------------------------------------------------
 
-    def _fresh(self):
+    def fresh(self):
         keys = jnp.stack([seed_keys(s)[0] for s in self.seeds])
         self.state = jax.jit(jax.vmap(self.ppo.init))(keys)
         self.step = 0
 
-    def _restore(self):
-        self._fresh()  # the template
-        trees, steps = [], set()
-        for run, ck in zip(self.runs, self.checkpointers, strict=True):
-            tree, meta = ck.resume(run)
-            trees.append(tree["state"])
-            steps.add(meta["env_steps"])
-        if len(steps) != 1:
-            raise UsageError(f"runs resumed together must have their last checkpoint at the "
-                             f"same step; got steps {sorted(steps)}")
-        self.step = steps.pop()
-        slices = [serialization.from_state_dict(self._slice(i), tree)
-                  for i, tree in enumerate(trees)]
+    def load(self, restored):
+        self.fresh()  # the template
+        self.step = restored[0][1]["env_steps"]
+        slices = [serialization.from_state_dict(self._slice(i), tree["state"])
+                  for i, (tree, _) in enumerate(restored)]
         self.state = jax.tree.map(lambda *xs: jnp.stack(xs), *slices)
-        for run in self.runs:
-            run_lib.truncate_evals(run, self.step)
 
     def _slice(self, i: int):
         return _index(self.state, i)
 
-    def _save(self, complete: bool = False):
+    def snapshot(self):
         host = jax.device_get(self.state)
-        for i, ck in enumerate(self.checkpointers):
-            tree = {"state": serialization.to_state_dict(_index(host, i))}
-            ck.save(self.step, tree, {"env_steps": self.step, "complete": complete,
-                                      "updates": self.step // self.cfg.ppo.steps_per_task})
+        return [({"state": serialization.to_state_dict(_index(host, i))},
+                 {"env_steps": self.step, "updates": self.step // self.cfg.ppo.steps_per_task})
+                for i in range(len(self.runs))]
 
-    # ---- loop ------------------------------------------------------------------------------
+    # ---- the runner's hooks ------------------------------------------------------------------
 
-    def train(self, resume: bool = False) -> list[dict]:
-        """Train every run to the end; -> each run's last evaluation record."""
-        if resume:
-            self._restore()
-        else:
-            self._fresh()
-        writers = [SummaryWriter(str(r / "tb"), purge_step=self.step + 1 if resume else None)
-                   for r in self.runs]
-        t = self.cfg.train
-        last = [None] * len(self.runs)
-        bar = tqdm(total=t.total_steps_per_task, initial=self.step, unit="step",
-                   desc=f"{self.cfg.preset} x{len(self.runs)} seeds",
-                   disable=not self.show_progress, dynamic_ncols=True)
-        gym = self.cfg.env.backend == "gym"
-        if gym:
+    def start(self, writers):
+        if self.cfg.env.backend == "gym":
             self._start_gym()
         else:  # held for the run: the memory check's compilation, not a cache lookup per chunk
             self._train = compiled_chunk(self.cfg, len(self.runs))
-        backend = self._gym_chunk if gym else self._device_chunk
-        try:
-            if not resume:
-                last = self._evaluate_all(writers)
-            while self.step < t.total_steps_per_task:
-                start = time.perf_counter()
-                metrics = backend()
-                self.step += self.steps_per_chunk
-                elapsed = time.perf_counter() - start
-                self._log(writers, metrics, elapsed)
-                bar.update(self.steps_per_chunk)
-                if self.step % t.eval_every == 0 or self.step >= t.total_steps_per_task:
-                    last = self._evaluate_all(writers)
-                    bar.set_postfix(success=f"{np.mean([r['mean_success'] for r in last]):.2f}")
-                if self.step % t.checkpoint_every == 0 and self.step < t.total_steps_per_task:
-                    self._save()
-            for run, record in zip(self.runs, last, strict=True):
-                run_lib.write_atomic(run / "final.json", json.dumps(record, indent=2))
-            self._save(complete=True)
-        finally:
-            bar.close()
-            for w in writers:
-                w.close()
-            if gym:
-                self._gym.close()
-        return last
+
+    def train_chunk(self, writers):
+        start = time.perf_counter()
+        metrics = self._gym_chunk() if self._gym is not None else self._device_chunk()
+        self.step += self.steps_per_chunk
+        self._log(writers, metrics, time.perf_counter() - start)
+
+    def close(self):
+        if self._gym is not None:
+            self._gym.close()
 
     def _device_chunk(self) -> dict:
         self.state, metrics = self._train(self.state)
@@ -299,8 +263,8 @@ class PPOTrainer:
             w.add_scalar("train/mean_success", float(success.mean()), self.step)
             w.add_scalar("perf/env_steps_per_s", steps_per_s, self.step)
 
-    def _evaluate_all(self, writers) -> list[dict]:
-        """Evaluate every seed on fresh envs; append to eval.jsonl and tensorboard."""
+    def evaluate(self, writers) -> list[dict]:
+        """Every seed's evaluation on fresh envs."""
         keys = jnp.stack([eval_key(s, self.step) for s in self.seeds])
         if self.cfg.env.backend == "gym":
             outcomes = gym_evaluate(self._policy, self._slice(0).learner.actor_params,
@@ -309,17 +273,11 @@ class PPOTrainer:
             returns, successes, timeouts = (x[None] for x in outcomes)
         else:
             returns, successes, timeouts = jax.device_get(
-                self._evaluate(self.state.learner.actor_params, keys))
+                self._evaluate_seeds(self.state.learner.actor_params, keys))
         updates = self.step // self.cfg.ppo.steps_per_task
-        records = []
-        for i, (run, w) in enumerate(zip(self.runs, writers, strict=True)):
-            record = evaluation_record(self.cfg.env.suite, self.cfg.eval.deterministic,
-                                       self.names, self.step, updates, returns[i], successes[i],
-                                       timeouts[i])
-            run_lib.append_eval(run, record)
-            run_lib.log_eval(w, record, self.step)
-            records.append(record)
-        return records
+        return [evaluation_record(self.cfg.env.suite, self.cfg.eval.deterministic, self.names,
+                                  self.step, updates, returns[i], successes[i], timeouts[i])
+                for i in range(len(self.runs))]
 
     # ---- the reference backend (minigrid on the host) ----------------------------------------
 

@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from agents import gradient_surgery, masks
-from agents.arch_training import keep_all, make_arch_training, optimiser_step, polyak
+from agents import gradient_surgery
 from agents.gradient_surgery import COMBINERS
-from agents.networks import NetworkConfig
+from agents.nn import masks
+from agents.nn.registry import NetworkConfig
+from agents.nn.rules import keep_all, make_arch_training, optimiser_step, polyak
 from agents.sac import losses
 from agents.sac.networks import Actor, TwinCritic, sample_tanh_gaussian
-from training import replay
+from training.data import replay
 
 
 @dataclass(frozen=True)

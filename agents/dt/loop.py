@@ -1,9 +1,9 @@
 """The offline loop: a decision transformer trained from a dataset, evaluated online.
 
-The dataset (training/offline_data.py) is checked (tasks, environment family, the env
+The dataset (training/data/offline_data.py) is checked (tasks, environment family, the env
 packages' versions: Meta-World and MuJoCo, or minigrid; Meta-World's reward version and
 episode length, MiniGrid's per-task max_steps) and copied to the device once. Training runs
-in chunks of `agents/dt/train.py`'s `train_updates` (a `lax.scan` of updates, each sampling
+in chunks of `agents/dt/learner.py`'s `train_updates` (a `lax.scan` of updates, each sampling
 its batch on the device); between chunks the Python loop logs to tensorboardX, evaluates and
 checkpoints. `train.eval_every` and `train.checkpoint_every` count gradient updates here.
 
@@ -25,7 +25,6 @@ final.json is the last checkpoint's evaluation, never the best of training.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from importlib import metadata
@@ -35,17 +34,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
-from agents.dt.train import DTData, make_dt_learner
+from agents.dt.learner import DTData, make_dt_learner
 from envs.metaworld import MetaWorldVectorEnv, suite_tasks
-from envs.minigrid.multitask import OBS_DIM, GymMultiTask, MultiTaskGrid, is_minigrid, task_names
+from envs.minigrid.multitask import (
+    OBS_DIM,
+    GymMultiTask,
+    MultiTaskGrid,
+    count_episode_step,
+    is_minigrid,
+    task_names,
+)
 from training import run_dir as run_lib
 from training.checkpoint import Checkpointer
 from training.config import Config
+from training.data.offline_data import ENV_PACKAGES, OfflineDataset, load_dataset
 from training.errors import TrainingDiverged, UsageError
-from training.offline_data import ENV_PACKAGES, OfflineDataset, load_dataset
+from training.runner import Runner
 
 
 def root_keys(seed: int):
@@ -123,11 +128,16 @@ def target_returns(dataset: OfflineDataset, names, scale: float) -> np.ndarray:
                     np.float32)
 
 
-class DTTrainer:
-    """Owns one offline run: its data on the device, learner, eval env and run directory."""
+class DTTrainer(Runner):
+    """One offline run: its data on the device, learner and eval env, trained by
+    training/runner.py's lifecycle; `step` counts gradient updates."""
+
+    unit = "updates"
+    evaluate_at_start = False
 
     def __init__(self, cfg: Config, run: Path, show_progress: bool = True):
-        self.cfg, self.run, self.show_progress = cfg, run, show_progress
+        super().__init__(cfg, [run], cfg.dt.updates, show_progress, cfg.preset)
+        self.run = run
         dataset, self.names = open_dataset(cfg)
         self.dataset_meta = dataset.meta
         self.learner = make_dt_learner(cfg.dt, dataset.meta["obs_dim"],
@@ -136,53 +146,32 @@ class DTTrainer:
         self.targets = target_returns(dataset, self.names, cfg.dt.target_return_scale)
         t, d = cfg.train, cfg.dt
         self.chunk = math.gcd(t.eval_every, t.checkpoint_every, d.updates)
-        self.checkpointer = Checkpointer(run / "checkpoints", t.keep_checkpoints)
+        self.checkpointer = self.checkpointers[0]
         self.eval_env = make_eval_env(cfg, dataset.meta)
 
-    def _save(self, complete: bool = False) -> None:
-        tree = {"state": serialization.to_state_dict(jax.device_get(self.state))}
-        self.checkpointer.save(self.updates, tree, {"updates": self.updates, "env_steps": 0,
-                                                    "complete": complete})
-
-    def _restore(self) -> None:
-        tree, meta = self.checkpointer.resume(self.run, "updates")
-        self.state = serialization.from_state_dict(self.state, tree["state"])
-        self.updates = int(meta["updates"])
-        run_lib.truncate_evals(self.run, self.updates)
-
-    def train(self, resume: bool = False) -> dict:
+    def fresh(self) -> None:
         self.state = self.learner.init(root_keys(self.cfg.seed)[0])
-        self.updates = 0
-        if resume:
-            self._restore()
-        t, d = self.cfg.train, self.cfg.dt
-        writer = SummaryWriter(str(self.run / "tb"),
-                               purge_step=self.updates + 1 if resume else None)
-        bar = tqdm(total=d.updates, initial=self.updates, unit="update",
-                   desc=self.cfg.preset, disable=not self.show_progress, dynamic_ncols=True)
-        last = None
-        try:
-            while self.updates < d.updates:
-                start = time.perf_counter()
-                metrics = self._chunk()
-                self.updates += self.chunk
-                self._log(writer, metrics, time.perf_counter() - start)
-                bar.update(self.chunk)
-                if self.updates % t.eval_every == 0 or self.updates >= d.updates:
-                    last = self._evaluate(writer)
-                    bar.set_postfix(success=f"{last['mean_success']:.2f}")
-                if self.updates % t.checkpoint_every == 0 and self.updates < d.updates:
-                    self._save()
-            if last is None:  # resumed a run whose last evaluation was the final one
-                last = self._evaluate(writer)
-            run_lib.write_atomic(self.run / "final.json", json.dumps(last, indent=2))
-            self._save(complete=True)
-        finally:
-            bar.close()
-            writer.close()
-            if self.eval_env is not None:
-                self.eval_env.close()
-        return last
+        self.step = 0
+
+    def load(self, restored) -> None:
+        ((tree, meta),) = restored
+        self.fresh()  # the template
+        self.state = serialization.from_state_dict(self.state, tree["state"])
+        self.step = int(meta["updates"])
+
+    def snapshot(self):
+        tree = {"state": serialization.to_state_dict(jax.device_get(self.state))}
+        return [(tree, {"updates": self.step, "env_steps": 0})]
+
+    def train_chunk(self, writers) -> None:
+        start = time.perf_counter()
+        metrics = self._chunk()
+        self.step += self.chunk
+        self._log(writers[0], metrics, time.perf_counter() - start)
+
+    def close(self) -> None:
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     def _chunk(self) -> dict:
         self.state, metrics = self.learner.train_updates(self.state, self.data, self.chunk)
@@ -191,27 +180,24 @@ class DTTrainer:
     def _log(self, writer, metrics: dict, elapsed: float) -> None:
         if not np.isfinite(metrics["loss"]):
             raise TrainingDiverged(f"non-finite loss in the chunk ending at update "
-                                   f"{self.updates}; last good checkpoint: update "
+                                   f"{self.step}; last good checkpoint: update "
                                    f"{self.checkpointer.latest_step()}")
-        writer.add_scalar("train/loss", float(metrics["loss"]), self.updates)
-        writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), self.updates)
+        writer.add_scalar("train/loss", float(metrics["loss"]), self.step)
+        writer.add_scalar("train/grad_norm", float(metrics["grad_norm"]), self.step)
         for task, value in zip(self.names, metrics["task_loss"], strict=True):
-            writer.add_scalar(f"train_loss/{task}", float(value), self.updates)
+            writer.add_scalar(f"train_loss/{task}", float(value), self.step)
         tokens = (self.chunk * self.cfg.dt.batch_per_task * len(self.names)
                   * self.cfg.dt.context_len * (2 if self.cfg.dt.variant == "mtbc" else 3))
-        writer.add_scalar("perf/updates_per_s", self.chunk / max(elapsed, 1e-9), self.updates)
-        writer.add_scalar("perf/tokens_per_s", tokens / max(elapsed, 1e-9), self.updates)
+        writer.add_scalar("perf/updates_per_s", self.chunk / max(elapsed, 1e-9), self.step)
+        writer.add_scalar("perf/tokens_per_s", tokens / max(elapsed, 1e-9), self.step)
 
-    def _evaluate(self, writer) -> dict:
-        record = evaluate(self.cfg, self.learner, self.state, self.data, self.targets,
-                          self.names, self.eval_env, self.updates, self.cfg.eval.episodes)
-        run_lib.append_eval(self.run, record)
-        run_lib.log_eval(writer, record, self.updates)
-        return record
+    def evaluate(self, writers) -> list[dict]:
+        return [evaluate(self.cfg, self.learner, self.state, self.data, self.targets,
+                         self.names, self.eval_env, self.step, self.cfg.eval.episodes)]
 
 
 def make_device_data(dataset: OfflineDataset, names, cfg: Config) -> DTData:
-    from agents.dt.train import device_data
+    from agents.dt.learner import device_data
 
     return device_data(dataset, names, cfg.dt.prompt_episodes, cfg.dt.normalize_states)
 
@@ -237,11 +223,17 @@ def evaluate(cfg: Config, learner, state, data: DTData, targets: np.ndarray, nam
 
 
 def eval_record(cfg: Config, names, updates: int, targets: np.ndarray, returns,
-                successes) -> dict:
-    """eval.jsonl's record from (T, episodes) returns and successes."""
+                successes, timeouts=None) -> dict:
+    """eval.jsonl's record from (T, episodes) returns and successes, and on MiniGrid each
+    task's timeout fraction (episodes cut at max_steps), as the PPO loop records it."""
     returns, successes = np.asarray(returns, np.float64), np.asarray(successes, bool)
-    per_task = {name: {"success": float(successes[i].mean()), "return": float(returns[i].mean()),
-                       "episodes": int(returns.shape[1])} for i, name in enumerate(names)}
+    per_task = {}
+    for i, name in enumerate(names):
+        per_task[name] = {"success": float(successes[i].mean()),
+                          "return": float(returns[i].mean())}
+        if timeouts is not None:
+            per_task[name]["timeout"] = float(np.asarray(timeouts, bool)[i].mean())
+        per_task[name]["episodes"] = int(returns.shape[1])
     return {"step": updates, "updates": updates, "suite": cfg.env.suite, "deterministic": True,
             "target_returns": [float(x) for x in targets],
             "mean_success": float(successes.mean()), "mean_return": float(returns.mean()),
@@ -289,10 +281,11 @@ def _batched_act(learner):
 @functools.cache  # one compiled evaluation per model configuration, task set and batch
 def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str, ...],
                        episodes: int):
-    """A jitted `run(state, data, prompt, targets, key) -> (returns, successes, steps)`: `episodes`
-    fresh episodes of every task of `names` in our JAX MiniGrid, all stepped together on the
-    device with the model's argmax actions, until every one has ended (or the longest
-    max_steps has passed); returns and successes (T, E) count each episode until its end."""
+    """A jitted `run(state, data, prompt, targets, key) -> (returns, successes, timeouts,
+    steps)`: `episodes` fresh episodes of every task of `names` in our JAX MiniGrid, all
+    stepped together on the device with the model's argmax actions, until every one has ended
+    (or the longest max_steps has passed); the (T, E) outcomes count each episode until its
+    end (`count_episode_step`, as the PPO evaluation counts them)."""
     learner = make_dt_learner(dt_cfg, state_dim, action_dim, len(names))
     grid = MultiTaskGrid(names, episodes)
     envs = grid.envs
@@ -316,20 +309,20 @@ def minigrid_evaluator(dt_cfg, state_dim: int, action_dim: int, names: tuple[str
             return (carry[0] < horizon) & carry[-1].any()
 
         def body(carry):
-            t, env_states, obs, ctx, reward, ret, success, alive = carry
+            t, env_states, obs, ctx, reward, ret, success, timeout, alive = carry
             # The timestep is the step within the episode: every episode starts at t = 0.
             action, ctx = act(state, data, prompt, ctx, obs.astype(jnp.float32), reward, t,
                               t == 0)
             env_states, obs, reward, terminated, truncated = step_all(env_states, action)
-            ret = ret + jnp.where(alive, reward, 0.0)
-            success = success | (alive & terminated & (reward > 0))
-            alive = alive & ~(terminated | truncated)
-            return t + 1, env_states, obs, ctx, reward, ret, success, alive
+            ret, success, timeout, alive = count_episode_step(
+                ret, success, timeout, alive, reward, terminated, truncated)
+            return t + 1, env_states, obs, ctx, reward, ret, success, timeout, alive
 
+        no = zeros.astype(bool)
         init = (jnp.int32(0), env_states, obs, _episode_contexts(learner, targets, episodes),
-                zeros, zeros, zeros.astype(bool), ~zeros.astype(bool))
-        t, _, _, _, _, ret, success, _ = jax.lax.while_loop(cond, body, init)
-        return ret, success, t
+                zeros, zeros, no, no, ~no)
+        t, _, _, _, _, ret, success, timeout, _ = jax.lax.while_loop(cond, body, init)
+        return ret, success, timeout, t
 
     return jax.jit(run)
 
@@ -341,14 +334,14 @@ def evaluate_dt_minigrid(cfg: Config, learner, state, data: DTData, targets: np.
     env_seed, prompt_key = eval_randomness(cfg.seed, updates)
     prompt = learner.eval_prompt(data, prompt_key)
     if cfg.env.backend == "gym":
-        returns, successes = gym_evaluate_dt(learner, state, data, prompt, targets, names,
-                                             episodes, env_seed)
+        returns, successes, timeouts = gym_evaluate_dt(learner, state, data, prompt, targets,
+                                                       names, episodes, env_seed)
     else:
         run = minigrid_evaluator(learner.cfg, int(data.observations.shape[1]),
                                  _action_dim(learner), tuple(names), episodes)
-        returns, successes, _ = jax.device_get(run(state, data, prompt, jnp.asarray(targets),
-                                                   jax.random.PRNGKey(env_seed)))
-    return eval_record(cfg, names, updates, targets, returns, successes)
+        returns, successes, timeouts, _ = jax.device_get(run(
+            state, data, prompt, jnp.asarray(targets), jax.random.PRNGKey(env_seed)))
+    return eval_record(cfg, names, updates, targets, returns, successes, timeouts)
 
 
 def _action_dim(learner) -> int:
@@ -363,7 +356,8 @@ def _jitted_batched_act(dt_cfg, state_dim: int, action_dim: int, num_tasks: int)
 def gym_evaluate_dt(learner, state, data: DTData, prompt, targets: np.ndarray, names,
                     episodes: int, seed: int):
     """The reference backend: the same (T, E) batch of episodes in `minigrid`'s own envs,
-    stepped on the host with the jitted batched `act`. -> (returns, successes), (T, E)."""
+    stepped on the host with the jitted batched `act`. -> (returns, successes, timeouts),
+    (T, E)."""
     env = GymMultiTask(tuple(names), episodes, seed=seed % (2**31 - 1))
     act = _jitted_batched_act(learner.cfg, int(learner.model.state_dim),
                               _action_dim(learner), len(names))
@@ -371,6 +365,7 @@ def gym_evaluate_dt(learner, state, data: DTData, prompt, targets: np.ndarray, n
         obs = env.reset()
         shape = (len(names), episodes)
         ret, success, alive = np.zeros(shape), np.zeros(shape, bool), np.ones(shape, bool)
+        timeout = np.zeros(shape, bool)
         ctx = _episode_contexts(learner, jnp.asarray(targets), episodes)
         reward = np.zeros(shape, np.float32)
         t = 0
@@ -378,13 +373,12 @@ def gym_evaluate_dt(learner, state, data: DTData, prompt, targets: np.ndarray, n
             action, ctx = act(state, data, prompt, ctx, jnp.asarray(obs, jnp.float32),
                               jnp.asarray(reward), t, t == 0)
             obs, reward, terminated, truncated, _ = env.step(np.asarray(action))
-            ret += np.where(alive, reward, 0.0)
-            success |= alive & terminated & (reward > 0)
-            alive &= ~(terminated | truncated)
+            ret, success, timeout, alive = count_episode_step(
+                ret, success, timeout, alive, reward, terminated, truncated)
             t += 1
     finally:
         env.close()
-    return ret, success
+    return ret, success, timeout
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,

@@ -11,7 +11,7 @@ A spec is TOML (read with the standard library's tomllib):
     "train.total_steps_per_task" = 2000000
     [variants.v1rewards]                   # optional; each variant is one more axis value
     "env.reward_version" = "v1"
-    [slurm]                                # used by --backend slurm (training/slurm.py)
+    [slurm]                                # used by --backend slurm (experiments/slurm.py)
     partition = "gpu"
     gpus_per_node = 1
     timeout_min = 1440
@@ -26,7 +26,7 @@ from their last checkpoint.
 process (one local subprocess, one Slurm array task): `batches` groups the unfinished runs
 whose configs differ only in the seed and that resume from the same point, since the PPO
 trainer restores a batch from one common env step. A group whose compiled training chunk
-needs more memory than the device has free (XLA's plan, `training/ppo_loop.check_memory`)
+needs more memory than the device has free (XLA's plan, `agents/ppo/loop.check_memory`)
 trains in turn in parts that fit.
 """
 
@@ -366,7 +366,7 @@ def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
                 env["CUDA_VISIBLE_DEVICES"] = devices[slot]
             log = open(log_dir / log_name(group), "a")  # closed when the process ends
             proc = subprocess.Popen(
-                [sys.executable, "-m", "training.grid", str(spec.path), str(out),
+                [sys.executable, "-m", "experiments.grid", str(spec.path), str(out),
                  *(r.name for r in group)],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             active[slot] = (group, proc, log)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import submitit
 
-from training import grid
+from experiments import grid
 from training.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import math
 
 import jax
 
-from agents.masks import MASKS
-from agents.sac.train import make_learner
+from agents.nn.masks import MASKS
+from agents.sac.learner import make_learner
 from envs.metaworld import ACTION_DIM, OBS_DIM, suite_tasks
 from training.config import Config
 
@@ -45,7 +45,7 @@ def count_parameters(cfg: Config) -> dict:
     if cfg.algo == "dt":
         return _count_dt(cfg)
     if cfg.algo == "ppo":
-        from agents.ppo.train import make_ppo
+        from agents.ppo.learner import make_ppo
         from envs.minigrid.multitask import task_names
 
         names = task_names(cfg.env.suite, cfg.env.tasks)
@@ -69,7 +69,7 @@ def count_parameters(cfg: Config) -> dict:
 def _count_dt(cfg: Config) -> dict:
     """Decision transformers (Meta-World's or MiniGrid's observation and action sizes):
     embeddings, each block, the head."""
-    from agents.dt.train import make_dt_learner
+    from agents.dt.learner import make_dt_learner
     from envs.minigrid import multitask as grid
 
     if grid.is_minigrid(cfg.env.suite):

@@ -18,7 +18,6 @@ be saved exactly, so a resumed run reproduces an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
-from agents.masks import MASKED_ARCHS, mask_statistics
-from agents.sac.train import make_learner
+from agents.nn.masks import MASKED_ARCHS, mask_statistics
+from agents.sac.learner import make_learner
+from analysis import figures
 from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv
-from training import figures, replay, sharding
 from training import run_dir as run_lib
+from training import sharding
 from training.checkpoint import Checkpointer
 from training.config import Config
+from training.data import replay
 from training.errors import TrainingDiverged
 from training.evaluation import evaluate
+from training.runner import Runner
 
 
 @dataclass
@@ -93,13 +93,14 @@ def eval_randomness(seed: int, step: int):
     return env_seed, jax.random.fold_in(root_keys(seed)[2], step)
 
 
-class Trainer:
-    """Owns the envs, learner, buffer and run directory of one run."""
+class Trainer(Runner):
+    """The envs, learner and buffer of one run, trained by training/runner.py's lifecycle."""
+
+    checkpoint_at_start = True  # with the env state, so a run killed early resumes exactly
 
     def __init__(self, cfg: Config, run: Path, show_progress: bool = True):
-        self.cfg = cfg
+        super().__init__(cfg, [run], cfg.train.total_steps_per_task, show_progress, cfg.preset)
         self.run = run
-        self.show_progress = show_progress
         self.env = make_env(cfg, cfg.seed)
         # Its own instances, same goal set (the benchmark seed), reseeded before each evaluation.
         self.eval_env = make_env(cfg, cfg.seed)
@@ -114,11 +115,15 @@ class Trainer:
         self._insert = sharding.jit(replay.insert, self.mesh, donate_argnums=0)
         self._train_chunk = sharding.jit(self.learner.train_chunk, self.mesh, donate_argnums=0)
         self._act = jitted_act(self.learner)
-        self.checkpointer = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints)
+        self.checkpointer = self.checkpointers[0]
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.step, self.next_eval, self.next_checkpoint)
 
     # ---- state -----------------------------------------------------------------------------
 
-    def _fresh(self):
+    def fresh(self):
         learner_key, actor_key, _ = root_keys(self.cfg.seed)
         self.actor_key = jax.device_put(actor_key, self.actor_device)
         self.state = sharding.place(self.learner.init(learner_key), self.mesh)
@@ -126,15 +131,15 @@ class Trainer:
             replay.init_buffer(self.num_tasks, self.cfg.sac.buffer_size_per_task, OBS_DIM,
                                ACTION_DIM, sharding.replicated(self.mesh)), self.mesh)
         self.actor_params = self._to_actor(self.state.actor_params)
-        self.progress = Progress()
+        self.step = 0
         self.obs = self.env.reset()
         self._episode_return = np.zeros(self.num_tasks)
         self._episode_success = np.zeros(self.num_tasks, bool)
         self._pending = None  # (step, metrics) of an update not yet checked for NaN
 
-    def _restore(self):
-        tree, meta = self.checkpointer.resume(self.run)
-        self._fresh()  # templates for the restored trees
+    def load(self, restored):
+        ((tree, meta),) = restored
+        self.fresh()  # templates for the restored trees
         self.state = sharding.place(serialization.from_state_dict(self.state, tree["learner"]),
                                     self.mesh)
         self.actor_params = self._to_actor(
@@ -145,12 +150,11 @@ class Trainer:
                 replay.from_filled(tree["buffer"], self.cfg.sac.buffer_size_per_task,
                                    meta["buffer_ptr"], sharding.replicated(self.mesh)), self.mesh)
         self.actor_key = jax.device_put(tree["actor_key"], self.actor_device)
-        self.progress = Progress(**meta["progress"])
+        self.step = meta["env_steps"]
         self.obs = self.env.restore(meta["env_rng"])
-        run_lib.truncate_evals(self.run, self.progress.env_steps)
 
-    def _save(self, complete: bool = False):
-        step = self.progress.env_steps
+    def snapshot(self):
+        step = self.step
         tree = {
             "learner": sharding.one_copy(serialization.to_state_dict(self.state), self.mesh),
             "actor_params": serialization.to_state_dict(self.actor_params),
@@ -163,67 +167,39 @@ class Trainer:
             "env_steps": step,
             "buffer_ptr": int(self.buffer.ptr),
             "env_rng": self.env.rng_checkpoint() if self.env.at_episode_boundary else None,
-            "complete": complete,
         }
-        self.checkpointer.save(step, tree, meta)
+        return [(tree, meta)]
 
     def _to_actor(self, params):
         # A host copy: the learner's state is donated to the next update, and on an
         # accelerator the actor must not fetch params from the device on every env step.
         return jax.device_put(jax.device_get(params), self.actor_device)
 
-    # ---- loop ------------------------------------------------------------------------------
+    # ---- the runner's hooks ------------------------------------------------------------------
 
-    def train(self, resume: bool = False) -> dict:
-        cfg = self.cfg
-        if resume:
-            self._restore()
-        else:
-            self._fresh()
-        # purge_step drops events a killed run logged after its last checkpoint.
-        writer = SummaryWriter(str(self.run / "tb"),
-                               purge_step=self.progress.env_steps + 1 if resume else None)
-        total = cfg.train.total_steps_per_task
-        chunk = cfg.train.chunk_steps
-        last_eval = None
-        bar = tqdm(total=total, initial=self.progress.env_steps, unit="step", desc=cfg.preset,
-                   disable=not self.show_progress, dynamic_ncols=True)
-        try:
-            if not resume:
-                last_eval = self._maybe_evaluate_and_save(writer)
-            t_start, steps_start = time.perf_counter(), self.progress.env_steps
-            while self.progress.env_steps < total:
-                self.run_chunk(writer)
-                step = self.progress.env_steps
-                elapsed = time.perf_counter() - t_start
-                writer.add_scalar("perf/env_steps_per_s",
-                                  (step - steps_start) * self.num_tasks / max(elapsed, 1e-9), step)
-                bar.update(chunk)
-                if self.env.at_episode_boundary or step >= total:
-                    self._check_and_log(writer)
-                    result = self._maybe_evaluate_and_save(writer)
-                    if result is not None:
-                        last_eval = result
-                        bar.set_postfix(success=f"{result['mean_success']:.2f}")
-            self._check_and_log(writer)
-            if last_eval is None or last_eval["step"] != self.progress.env_steps:
-                last_eval = self._evaluate(writer)
-            # final.json first: if killed before the final checkpoint, a resume redoes the
-            # tail and rewrites the same file.
-            run_lib.write_atomic(self.run / "final.json", json.dumps(last_eval, indent=2))
-            self._save(complete=True)
-        finally:
-            bar.close()
-            writer.close()
-        return last_eval
+    def start(self, writers):
+        self._started = (time.perf_counter(), self.step)
+
+    def train_chunk(self, writers):
+        (writer,) = writers
+        self.run_chunk(writer)
+        elapsed = time.perf_counter() - self._started[0]
+        writer.add_scalar("perf/env_steps_per_s", (self.step - self._started[1])
+                          * self.num_tasks / max(elapsed, 1e-9), self.step)
+
+    def at_boundary(self) -> bool:
+        return self.env.at_episode_boundary
+
+    def settle(self, writers):
+        self._check_and_log(writers[0])
 
     def run_chunk(self, writer) -> None:
         """One iteration of the loop: collect a chunk, insert it, run its gradient steps."""
         chunk = self.cfg.train.chunk_steps
         transitions = self._collect(chunk, writer)
-        size_before = min(self.progress.env_steps, self.buffer.capacity)
+        size_before = min(self.step, self.buffer.capacity)
         self.buffer = self._insert(self.buffer, transitions)
-        self.progress.env_steps += chunk
+        self.step += chunk
         if self.cfg.train.async_actor:
             # Params after update k-1 drive chunk k+1 while update k runs.
             self._check_and_log(writer)
@@ -274,7 +250,7 @@ class Trainer:
         actor_on = sizes > sac.actor_warmup
         self.state, metrics = self._train_chunk(self.state, self.buffer, jnp.asarray(critic_on),
                                                 jnp.asarray(actor_on))
-        return self.progress.env_steps, metrics
+        return self.step, metrics
 
     def _check_and_log(self, writer):
         """Check the pending update's losses (stop if non-finite), log them, clear the pending."""
@@ -299,25 +275,14 @@ class Trainer:
             writer.add_scalar(f"alpha/{task}", float(alpha), step)
 
     def _log_episodes(self, writer, returns, successes, steps_into_chunk):
-        step = self.progress.env_steps + steps_into_chunk
+        step = self.step + steps_into_chunk
         for task, ret, succ in zip(self.env.task_names, returns, successes, strict=True):
             writer.add_scalar(f"train_return/{task}", float(ret), step)
             writer.add_scalar(f"train_success/{task}", float(succ), step)
         writer.add_scalar("train/mean_success", float(np.mean(successes)), step)
 
-    def _maybe_evaluate_and_save(self, writer):
-        p, t = self.progress, self.cfg.train
-        result = None
-        if p.env_steps >= p.next_eval:
-            result = self._evaluate(writer)
-            p.next_eval = (p.env_steps // t.eval_every + 1) * t.eval_every
-        if p.env_steps >= p.next_checkpoint and p.env_steps < t.total_steps_per_task:
-            p.next_checkpoint = (p.env_steps // t.checkpoint_every + 1) * t.checkpoint_every
-            self._save()
-        return result
-
-    def _evaluate(self, writer) -> dict:
-        cfg, step = self.cfg, self.progress.env_steps
+    def evaluate(self, writers) -> list[dict]:
+        cfg, step = self.cfg, self.step
         env_seed, key = eval_randomness(cfg.seed, step)
         self.eval_env.reseed(env_seed)
         act = eval_actor(self._act, self._to_actor(self.state.actor_params), key,
@@ -326,10 +291,8 @@ class Trainer:
         record = {"step": step, "suite": cfg.env.suite, "updates": int(self.state.updates),
                   "deterministic": cfg.eval.deterministic, **result}
         if self.cfg.network.arch in MASKED_ARCHS:
-            record["masks"] = self._mask_report(writer, step)
-        run_lib.append_eval(self.run, record)
-        run_lib.log_eval(writer, record, step)
-        return record
+            record["masks"] = self._mask_report(writers[0], step)
+        return [record]
 
     def _mask_report(self, writer, step) -> dict:
         """The policy's per-task mask density and pairwise overlap: tensorboardX, a figure

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agents.networks import NetworkConfig
+from agents.nn.registry import NetworkConfig
 
 
 class ArchTraining(NamedTuple):
@@ -39,7 +39,7 @@ def _unchanged(variables, losses, key):
 
 def make_arch_training(cfg: NetworkConfig) -> ArchTraining:
     if cfg.arch == "paco":
-        from agents.modular import PACO_VECTOR_NAME, paco_reset
+        from agents.nn.paco import PACO_VECTOR_NAME, paco_reset
 
         threshold = cfg.paco_reset_threshold
 

@@ -54,7 +54,7 @@ from importlib import metadata
 import numpy as np
 
 from training.errors import UsageError
-from training.offline_data import Episode, write_dataset
+from training.data.offline_data import Episode, write_dataset
 
 
 @dataclass(frozen=True)

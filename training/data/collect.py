@@ -1,4 +1,4 @@
-"""`launch.py collect`: make multi-task offline datasets (format: training/offline_data.py).
+"""`launch.py collect`: make multi-task offline datasets (format: training/data/offline_data.py).
 
 Source `scripted` (Meta-World): Meta-World's own scripted expert of each task
 (`metaworld.policies`), all tasks stepped at once in one vector env, with a noise tier:
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.errors import UsageError
-from training.offline_data import Episode, write_dataset
+from training.data.offline_data import Episode, write_dataset
 
-# replay: training/collect_replay.py; minigrid: training/collect_minigrid.py
+# replay: training/data/collect_replay.py; minigrid: training/data/collect_minigrid.py
 SOURCES = ("scripted", "replay", "minigrid")
 
 

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from agents import masks
-from agents.arch_training import make_arch_training, optimiser_step
-from agents.networks import NetworkConfig
+from agents.nn import masks
+from agents.nn.registry import NetworkConfig
+from agents.nn.rules import make_arch_training, optimiser_step
 from agents.ppo import losses
 from agents.ppo.networks import Actor, Critic, per_task_apply
 from envs.minigrid.multitask import ACTION_COUNT, OBS_DIM, MultiTaskGrid, count_episode_step
