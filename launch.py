@@ -384,12 +384,8 @@ def cmd_eval(args) -> int:
     if args.behaviour and cfg.algo != "ppo":
         raise UsageError(f"--behaviour reads PPO (MiniGrid) policies; {run} is a '{cfg.algo}' "
                          "run")
-    if cfg.algo == "ppo":
-        from agents.ppo.loop import reevaluate
-    elif cfg.algo == "dt":
-        from agents.dt.loop import reevaluate
-    else:
-        from agents.sac.loop import reevaluate
+    from training.train import reevaluate
+
     deterministic = cfg.eval.deterministic
     if args.stochastic or args.deterministic:
         deterministic = args.deterministic

@@ -13,7 +13,7 @@ from agents.dt.networks import DTConfig
 from agents.nn.registry import NetworkConfig
 from agents.ppo.learner import PPOConfig
 from agents.sac.learner import SACConfig
-from training.errors import UsageError
+from training.errors import UsageError, check_fields
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,16 @@ class TrainConfig:
         "keep_checkpoints": "newest checkpoints kept",
     }
 
+    def check(self) -> None:
+        """The bounds of this section's own fields (UsageError naming the option)."""
+        check_fields("train", self, positive=("total_steps_per_task", "eval_every",
+                                              "checkpoint_every", "keep_checkpoints"),
+                     non_negative=("devices",))
+        for name in ("total_steps_per_task", "eval_every", "checkpoint_every"):
+            if getattr(self, name) > MAX_STEPS:
+                raise UsageError(f"--train.{name} must be at most {MAX_STEPS} (step counters "
+                                 f"are 32-bit), got {getattr(self, name)}")
+
 @dataclass(frozen=True)
 class EvalConfig:
     episodes: int = 50  # per task; MOORE's code uses 10
@@ -75,6 +85,9 @@ class EvalConfig:
         "episodes": "evaluation episodes per task",
         "deterministic": "mean / argmax actions (true) or sampled ones (false)",
     }
+
+    def check(self) -> None:
+        check_fields("eval", self, positive=("episodes",))
 
 ALGORITHMS = ("sac", "ppo", "dt")
 SEED_LIMIT = 2**32
@@ -286,30 +299,17 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"--algo {cfg.algo} does not train on suite '{cfg.env.suite}': "
                          "MiniGrid suites use ppo (online) or dt (offline), Meta-World suites "
                          "use sac (online) or dt (offline)")
-    t = cfg.train
-    positive = {
-        "train.total_steps_per_task": t.total_steps_per_task,
-        "train.eval_every": t.eval_every,
-        "train.checkpoint_every": t.checkpoint_every,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "eval.episodes": cfg.eval.episodes,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise UsageError(f"--{name} must be positive, got {value}")
     if not 0 <= cfg.seed < SEED_LIMIT:  # PRNG keys and numpy seeds take 32-bit seeds
         raise UsageError(f"--seed must be in [0, 2^32), got {cfg.seed}")
     for name, value in flatten(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"--{name} must be a finite number, got {value}")
-    budgets = {"train.total_steps_per_task": t.total_steps_per_task,
-               "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every}
-    for name, value in budgets.items():
-        if value > MAX_STEPS:
-            raise UsageError(f"--{name} must be at most {MAX_STEPS} (step counters are 32-bit), "
-                             f"got {value}")
-    if t.devices < 0:
-        raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got {t.devices}")
+    # Each section states its own fields' bounds; what follows relates fields to each other.
+    for section in sections_of(cfg.algo):
+        check = getattr(getattr(cfg, section), "check", None)
+        if check is not None:
+            check()
+    t = cfg.train
     if cfg.algo == "sac":  # the only learner that splits its batch over devices
         from training.sharding import local_mesh
 
@@ -377,22 +377,6 @@ def _validate_dt(cfg: Config) -> None:
         horizon = e.max_episode_steps
         horizon_text = f"--env.max_episode_steps {horizon}"
     make_dt(d, 1, 1, 1)
-    if not d.dataset:
-        raise UsageError("algo dt trains from a dataset: pass --dt.dataset DIR (make one with "
-                         "`python launch.py collect`)")
-    for name in ("batch_per_task", "updates", "prompt_episodes", "mask_update_every"):
-        if getattr(d, name) <= 0:
-            raise UsageError(f"--dt.{name} must be positive, got {getattr(d, name)}")
-    for name in ("warmup_steps", "mask_update_max"):
-        if getattr(d, name) < 0:
-            raise UsageError(f"--dt.{name} must be >= 0, got {getattr(d, name)}")
-    for name in ("learning_rate", "rtg_scale", "target_return_scale"):
-        value = getattr(d, name)
-        if not value > 0 or value == float("inf"):
-            raise UsageError(f"--dt.{name} must be a positive number, got {value}")
-    if d.weight_decay < 0 or d.grad_clip < 0:
-        raise UsageError(f"--dt.weight_decay and --dt.grad_clip must be >= 0, got "
-                         f"{d.weight_decay}, {d.grad_clip}")
     family, kind = ("MiniGrid", "discrete") if minigrid else ("Meta-World", "continuous")
     if d.action_kind != kind:
         raise UsageError(f"--dt.action_kind {d.action_kind}: {family} actions are {kind} "
@@ -403,7 +387,6 @@ def _validate_dt(cfg: Config) -> None:
 
 
 def _validate_ppo(cfg: Config) -> None:
-    from agents.ppo.losses import ADVANTAGE_NORMALISATIONS
     from envs.minigrid.multitask import task_names
 
     task_names(cfg.env.suite, cfg.env.tasks)
@@ -411,31 +394,6 @@ def _validate_ppo(cfg: Config) -> None:
         raise UsageError(f"unknown env.backend '{cfg.env.backend}'; valid: "
                          f"{', '.join(MINIGRID_BACKENDS)}")
     p, t = cfg.ppo, cfg.train
-    for name in ("epochs", "num_minibatches", "steps_per_task", "envs_per_task",
-                 "critic_epochs", "critic_minibatches"):
-        if getattr(p, name) <= 0:
-            raise UsageError(f"--ppo.{name} must be positive, got {getattr(p, name)}")
-    for name in ("actor_lr", "critic_lr"):
-        value = getattr(p, name)
-        if not value > 0 or value == float("inf"):
-            raise UsageError(f"--ppo.{name} must be a positive number, got {value}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(p, name) <= 1:
-            raise UsageError(f"--ppo.{name} must be in [0, 1], got {getattr(p, name)}")
-    if not p.clip > 0 or p.entropy_coef < 0 or p.max_grad_norm < 0:
-        raise UsageError("--ppo.clip must be positive and --ppo.entropy_coef and "
-                         f"--ppo.max_grad_norm >= 0, got {p.clip}, {p.entropy_coef}, "
-                         f"{p.max_grad_norm}")
-    if p.advantage_normalisation not in ADVANTAGE_NORMALISATIONS:
-        raise UsageError(f"unknown ppo.advantage_normalisation '{p.advantage_normalisation}'; "
-                         f"valid: {', '.join(ADVANTAGE_NORMALISATIONS)}")
-    if p.steps_per_task % p.envs_per_task:
-        raise UsageError(f"--ppo.envs_per_task ({p.envs_per_task}) must divide "
-                         f"--ppo.steps_per_task ({p.steps_per_task})")
-    for name in ("num_minibatches", "critic_minibatches"):
-        if p.steps_per_task % getattr(p, name):
-            raise UsageError(f"--ppo.{name} ({getattr(p, name)}) must divide "
-                             f"--ppo.steps_per_task ({p.steps_per_task})")
     for name in ("total_steps_per_task", "eval_every", "checkpoint_every"):
         if getattr(t, name) % p.steps_per_task:
             raise UsageError(f"--train.{name} ({getattr(t, name)}) must be a multiple of "
@@ -443,13 +401,9 @@ def _validate_ppo(cfg: Config) -> None:
 
 
 def _validate_sac(cfg: Config) -> None:
-    t, s, e = cfg.train, cfg.sac, cfg.env
-    positive = {
-        "train.chunk_steps": t.chunk_steps,
-        "sac.batch_size_per_task": s.batch_size_per_task,
-        "sac.buffer_size_per_task": s.buffer_size_per_task,
-        "env.max_episode_steps": e.max_episode_steps,
-    }
+    t, e = cfg.train, cfg.env
+    positive = {"train.chunk_steps": t.chunk_steps,  # read by SAC's loop alone
+                "env.max_episode_steps": e.max_episode_steps}
     for name, value in positive.items():
         if value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
@@ -463,35 +417,9 @@ def _validate_sac(cfg: Config) -> None:
             f"--train.total_steps_per_task ({t.total_steps_per_task}) must be a multiple of "
             f"--train.chunk_steps ({t.chunk_steps})"
         )
-    for name in ("critic_warmup", "actor_warmup"):
-        if getattr(s, name) < 0:
-            raise UsageError(f"--sac.{name} must be >= 0, got {getattr(s, name)}")
-    if not 0 < s.tau <= 1:
-        raise UsageError(f"--sac.tau must be in (0, 1], got {s.tau}")
-    if not s.log_std_min < s.log_std_max:
-        raise UsageError(f"--sac.log_std_min ({s.log_std_min}) must be below --sac.log_std_max "
-                         f"({s.log_std_max})")
     if cfg.network.encoder == "cnn":
         raise UsageError("--network.encoder cnn reads MiniGrid's 7x7x3 image observations; "
                          "Meta-World observations are vectors: use --network.encoder mlp")
-    if s.buffer_size_per_task < s.batch_size_per_task:
-        raise UsageError("--sac.buffer_size_per_task must be at least --sac.batch_size_per_task")
-    for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):
-        value = getattr(s, name)
-        if not value > 0 or value == float("inf"):
-            raise UsageError(f"--sac.{name} must be a positive number, got {value}")
-    if not 0 <= s.gamma <= 1:
-        raise UsageError(f"--sac.gamma must be in [0, 1], got {s.gamma}")
-    from agents.gradient_surgery import COMBINERS
-
-    if s.gradient_surgery not in COMBINERS:
-        raise UsageError(f"unknown sac.gradient_surgery '{s.gradient_surgery}'; valid: "
-                         f"{', '.join(COMBINERS)}")
-    if not s.gradnorm_lr > 0:
-        raise UsageError(f"--sac.gradnorm_lr must be a positive number, got {s.gradnorm_lr}")
-    if not cfg.network.paco_reset_threshold > 0:
-        raise UsageError("--network.paco_reset_threshold must be a positive number, got "
-                         f"{cfg.network.paco_reset_threshold}")
     from envs.metaworld import check_env_args
 
     check_env_args(e.suite, e.tasks, e.reward_version, e.max_episode_steps)

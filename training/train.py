@@ -77,3 +77,12 @@ def _train(cfgs: list[Config], runs: list[Path], resume: bool,
     module, name = RUNNERS[cfgs[0].algo].split(":")
     runner = getattr(importlib.import_module(module), name)
     return runner.for_runs(cfgs, runs, show_progress).train(resume=resume)
+
+
+def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
+               deterministic: bool, **options) -> dict:
+    """Evaluate a saved checkpoint of `run` with its algorithm's `reevaluate` (the module of
+    its RUNNERS entry); the record goes to reeval.jsonl."""
+    module = importlib.import_module(RUNNERS[cfg.algo].split(":")[0])
+    return module.reevaluate(cfg, run, step=step, episodes=episodes,
+                             deterministic=deterministic, **options)

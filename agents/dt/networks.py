@@ -50,7 +50,7 @@ import jax.numpy as jnp
 
 from agents.nn.layers import Linear
 from agents.nn.masks import MASKS, PROBE, MaskedDense, erk_densities
-from training.errors import UsageError
+from training.errors import UsageError, check_fields
 
 VARIANTS = ("mtdt", "promptdt", "harmodt", "mtbc")
 LN_EPS = 1e-5  # GPT-2's (and so DT's) LayerNorm epsilon; flax's default is 1e-6
@@ -131,6 +131,20 @@ class DTConfig:
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"variant": VARIANTS,
                                                      "action_kind": ACTION_KINDS}
+
+    def check(self) -> None:
+        """The bounds of this section's own fields (UsageError naming the option); the
+        model's own (heads, sizes, variant) are make_dt's."""
+        if not self.dataset:
+            raise UsageError("algo dt trains from a dataset: pass --dt.dataset DIR (make one "
+                             "with `python launch.py collect`)")
+        check_fields("dt", self, positive=("batch_per_task", "updates", "prompt_episodes",
+                                           "mask_update_every"),
+                     non_negative=("warmup_steps", "mask_update_max"),
+                     positive_number=("learning_rate", "rtg_scale", "target_return_scale"))
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UsageError(f"--dt.weight_decay and --dt.grad_clip must be >= 0, got "
+                             f"{self.weight_decay}, {self.grad_clip}")
 
 HARMODT = DTConfig(variant="harmodt", context_len=20, embed_dim=256, num_layers=6, num_heads=8)
 

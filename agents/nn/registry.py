@@ -88,6 +88,12 @@ class NetworkConfig:
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"arch": ARCHITECTURES, "encoder": ENCODERS}
 
 
+    def check(self) -> None:
+        """The bounds of this section's own fields; the architecture's own are make_network's."""
+        if not self.paco_reset_threshold > 0:
+            raise UsageError("--network.paco_reset_threshold must be a positive number, got "
+                             f"{self.paco_reset_threshold}")
+
 def make_network(cfg: NetworkConfig, num_tasks: int, out_dim: int) -> nn.Module:
     """The module for `cfg.arch`; call it as `net.apply(params, obs, task_id)`."""
     if cfg.arch not in ARCHITECTURES:

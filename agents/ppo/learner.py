@@ -42,6 +42,7 @@ from agents.nn.rules import make_arch_training, optimiser_step
 from agents.ppo import losses
 from agents.ppo.networks import Actor, Critic, per_task_apply
 from envs.minigrid.multitask import ACTION_COUNT, OBS_DIM, MultiTaskGrid, count_episode_step
+from training.errors import UsageError, check_fields
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,25 @@ class PPOConfig:
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "advantage_normalisation": losses.ADVANTAGE_NORMALISATIONS}
+
+    def check(self) -> None:
+        """The bounds of this section's own fields (UsageError naming the option)."""
+        check_fields("ppo", self, positive=("epochs", "num_minibatches", "steps_per_task",
+                                            "envs_per_task", "critic_epochs",
+                                            "critic_minibatches"),
+                     positive_number=("actor_lr", "critic_lr"),
+                     unit_interval=("gamma", "gae_lambda"))
+        if not self.clip > 0 or self.entropy_coef < 0 or self.max_grad_norm < 0:
+            raise UsageError("--ppo.clip must be positive and --ppo.entropy_coef and "
+                             f"--ppo.max_grad_norm >= 0, got {self.clip}, {self.entropy_coef}, "
+                             f"{self.max_grad_norm}")
+        if self.steps_per_task % self.envs_per_task:
+            raise UsageError(f"--ppo.envs_per_task ({self.envs_per_task}) must divide "
+                             f"--ppo.steps_per_task ({self.steps_per_task})")
+        for name in ("num_minibatches", "critic_minibatches"):
+            if self.steps_per_task % getattr(self, name):
+                raise UsageError(f"--ppo.{name} ({getattr(self, name)}) must divide "
+                                 f"--ppo.steps_per_task ({self.steps_per_task})")
 
 class Rollout(NamedTuple):
     """One update's data, time-major (L, T, E, ...)."""

@@ -25,6 +25,7 @@ from agents.nn.rules import keep_all, make_arch_training, optimiser_step, polyak
 from agents.sac import losses
 from agents.sac.networks import Actor, TwinCritic, sample_tanh_gaussian
 from training.data import replay
+from training.errors import UsageError, check_fields
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,22 @@ class SACConfig:
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "gradient_surgery": COMBINERS}
+
+    def check(self) -> None:
+        """The bounds of this section's own fields (UsageError naming the option)."""
+        check_fields("sac", self, positive=("batch_size_per_task", "buffer_size_per_task"),
+                     non_negative=("critic_warmup", "actor_warmup"),
+                     positive_number=("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha",
+                                      "gradnorm_lr"),
+                     unit_interval=("gamma",))
+        if not self.tau <= 1:
+            raise UsageError(f"--sac.tau must be in (0, 1], got {self.tau}")
+        if not self.log_std_min < self.log_std_max:
+            raise UsageError(f"--sac.log_std_min ({self.log_std_min}) must be below "
+                             f"--sac.log_std_max ({self.log_std_max})")
+        if self.buffer_size_per_task < self.batch_size_per_task:
+            raise UsageError("--sac.buffer_size_per_task must be at least "
+                             "--sac.batch_size_per_task")
 
 @struct.dataclass
 class SACState:
