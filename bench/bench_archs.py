@@ -4,12 +4,13 @@ Each architecture's jitted chunk of SAC updates (MT10, batch 128 per task) runs 
 alternation with MTSAC's in the same process; the ratio of their median times is the
 figure (this machine is noisy, alternation cancels most of it).
 
-    python bench/bench_archs.py [--quick] [--write]
+    python bench/bench_archs.py [--quick | --smoke] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -23,7 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis.param_count import count_parameters  # noqa: E402
-from bench.common import filled_buffer, write_section  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_smoke_option,
+    filled_buffer,
+    refuse_smoke_write,
+    write_section,
+)
 from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 
@@ -32,11 +38,15 @@ PRESETS = ("mt10_mtsac", "mt10_mhsac", "mt10_moe", "mt10_moore", "mt10_paco", "m
            "mt10_mhsac_matched")
 
 
-def chunk_runner(preset: str, steps: int):
-    """A zero-argument function running one jitted chunk of `steps` updates."""
+def chunk_runner(preset: str, steps: int, smoke: bool = False):
+    """A zero-argument function running one jitted chunk of `steps` updates (`smoke`: of a
+    tiny network)."""
     from agents.sac.learner import make_learner
 
     cfg = get_preset(preset)
+    if smoke:
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
+                                                                   hidden_sizes=(16, 16)))
     learner = make_learner(cfg.sac, cfg.network, 10, OBS_DIM, ACTION_DIM,
                            total_updates=cfg.train.total_steps_per_task)
     holder = {"state": learner.init(jax.random.PRNGKey(0))}
@@ -66,10 +76,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    parser.add_argument("--presets", default=",".join(PRESETS[1:]),
-                        help="comma-separated presets to compare with mt10_mtsac")
+    parser.add_argument("--presets", default=None,
+                        help="comma-separated presets to compare with mt10_mtsac (default: "
+                             "all; --smoke: mt10_weightmask)")
+    add_smoke_option(parser)
     args = parser.parse_args()
-    steps, rounds = (2, 2) if args.quick else (10, 3)
+    refuse_smoke_write(args)
+    steps, rounds = (1, 1) if args.smoke else (2, 2) if args.quick else (10, 3)
+    presets = args.presets or ("mt10_weightmask" if args.smoke
+                               else ",".join(PRESETS[1:]))
     device = jax.devices()[0]
     out = [f"machine: {platform.machine()}, {jax.device_count()} x {device.device_kind} "
            f"({device.platform}), jax {jax.__version__}; {steps} updates per chunk, median of "
@@ -77,12 +92,12 @@ def main():
            "| preset | arch | trainable params | updates/s | MTSAC updates/s (same rounds) "
            "| time / MTSAC's |",
            "|---|---|---|---|---|---|"]
-    reference = chunk_runner("mt10_mtsac", steps)
-    for preset in args.presets.split(","):
+    reference = chunk_runner("mt10_mtsac", steps, args.smoke)
+    for preset in presets.split(","):
         cfg = get_preset(preset)
         counts = count_parameters(cfg)
         params = sum(counts["actor"].values()) + sum(counts["critic"].values())
-        run = chunk_runner(preset, steps)
+        run = chunk_runner(preset, steps, args.smoke)
         t_arch, t_ref = alternate(run, reference, rounds)
         surgery = cfg.sac.gradient_surgery
         arch = cfg.network.arch + (f" + {surgery}" if surgery != "none" else "")

@@ -30,6 +30,7 @@ its repetitions: in one process the CPU thread pools of JAX and PyTorch slow eac
 The parameter counts of the two models are checked to be equal before timing.
 
     python bench/bench_dt.py [--sizes dt,harmodt] [--batch 260] [--reps 5] [--write]
+    python bench/bench_dt.py --smoke
 
 --write replaces this script's section of BENCHMARKS.md with the figures and the command.
 """
@@ -52,7 +53,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_section  # noqa: E402  (numpy only: no JAX in the worker)
+from bench.common import (  # noqa: E402  (numpy only: no JAX in the worker)
+    add_smoke_option,
+    refuse_smoke_write,
+    write_section,
+)
 
 # Meta-World v2 (envs/metaworld.py's OBS_DIM, ACTION_DIM), MT10. Not imported from there: the
 # PyTorch worker process imports this module and must not load JAX.
@@ -321,10 +326,17 @@ def main():
                         help="timed repetitions per side, alternating (default 5)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    add_smoke_option(parser)
     args = parser.parse_args()
     if args.torch_worker:
         _torch_worker()
         return
+    refuse_smoke_write(args)
+    global TRAIN_REP_S, EVAL_REP_S
+    if args.smoke:  # one tiny model, one short repetition per side
+        SIZES["smoke"] = (16, 1, 1, "smoke: d 16, 1 layer, 1 head")
+        args.sizes, args.batch, args.reps = "smoke", 20, 1
+        TRAIN_REP_S, EVAL_REP_S = 0.05, 0.05
     sizes = args.sizes.split(",")
     for s in sizes:
         if s not in SIZES:

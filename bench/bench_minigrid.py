@@ -18,7 +18,7 @@ same jitted scan of its vmapped step with its own autoreset, random actions, obs
 table goes in a sub-block of the same BENCHMARKS.md section, kept when the main table is
 rewritten (and vice versa).
 
-    python bench/bench_minigrid.py [--quick] [--write] [--envs A,B] [--rounds R]
+    python bench/bench_minigrid.py [--quick | --smoke] [--write] [--envs A,B] [--rounds R]
     python bench/bench_minigrid.py --ports [--extra-path DIR] [--write]
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_section  # noqa: E402
+from bench.common import add_smoke_option, refuse_smoke_write, write_section  # noqa: E402
 from envs.minigrid import ENVS, NUM_ACTIONS  # noqa: E402
 
 VECTOR_ENVS = 16
@@ -297,13 +297,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
     parser.add_argument("--ports", action="store_true",
                         help="compare with navix / xminigrid (if importable) instead")
+    add_smoke_option(parser)
     parser.add_argument("--extra-path", default=None,
                         help="directory prepended to sys.path (e.g. a pip --target of the "
                              "benchmark-only packages); PYTHONPATH works too")
     args = parser.parse_args()
+    refuse_smoke_write(args)
     if args.extra_path:
         sys.path.insert(0, str(Path(args.extra_path).resolve()))
-    if args.quick:
+    if args.smoke:
+        single_steps, vector_steps, sizes, scan_steps, rounds = 50, 4, (8,), 4, 1
+        args.envs = args.envs or "LavaGapS7,DoorKey-6x6"
+    elif args.quick:
         single_steps, vector_steps, sizes, scan_steps, rounds = 300, 20, (64, 256), 16, 1
     else:
         single_steps, vector_steps, sizes, scan_steps, rounds = 4000, 250, (1024, 4096), 128, 3

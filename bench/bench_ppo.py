@@ -11,7 +11,7 @@ warm-up iteration, median of alternating rounds (this machine is noisy):
   one jitted `lax.scan` of whole iterations.
 
     python bench/bench_ppo.py [--preset minigrid_mt3_moore[,minigrid_mt7_moore,..]] [--seeds 1,4]
-                              [--quick] [--write]
+                              [--quick | --smoke] [--write]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_minigrid import median_rounds  # noqa: E402
-from bench.common import write_section  # noqa: E402
+from bench.common import add_smoke_option, refuse_smoke_write, write_section  # noqa: E402
 from envs.minigrid.multitask import task_names  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training import config as config_lib  # noqa: E402
@@ -83,9 +83,11 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="steps_per_task 256 with 8 envs per task, one round (smoke run)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    add_smoke_option(parser)
     args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
-    seeds = [int(s) for s in args.seeds.split(",")]
+    refuse_smoke_write(args)
+    rounds = 1 if args.quick or args.smoke else args.rounds
+    seeds = [1, 2] if args.smoke else [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     device = jax.devices()[0]
     lines = [
@@ -98,11 +100,18 @@ def main():
         "| vs gym |",
         "|---|---|---|---|---|---|---|",
     ]
-    for preset in args.preset.split(","):
+    for preset in ("minigrid_mt3_mtppo" if args.smoke else args.preset).split(","):
         cfg = get_preset(preset)
         if args.quick:
             cfg = config_lib.apply_overrides(cfg, {"ppo.steps_per_task": "256",
                                                    "ppo.envs_per_task": "8"})
+        if args.smoke:  # two small tasks, a tiny iteration
+            cfg = config_lib.apply_overrides(cfg, {
+                "env.suite": "minigrid_custom",
+                "env.tasks": "MiniGrid-LavaGapS5-v0,MiniGrid-LavaGapS6-v0",
+                "ppo.steps_per_task": "32", "ppo.envs_per_task": "4", "ppo.epochs": "1",
+                "ppo.num_minibatches": "1", "train.total_steps_per_task": "32",
+                "train.eval_every": "32", "train.checkpoint_every": "32"})
         num_tasks = len(task_names(cfg.env.suite, cfg.env.tasks))
         steps = cfg.ppo.steps_per_task * num_tasks
         runs = [gym_run(cfg)] + [jax_run(cfg, n) for n in seeds]

@@ -6,7 +6,7 @@
     loop's own overhead shows as a ratio;
 (c) the same update in plain PyTorch (bench/torch_reference.py), side by side, as a ratio.
 
-    python bench/bench_sac.py [--quick] [--write]
+    python bench/bench_sac.py [--quick | --smoke] [--write]
 
 --write replaces this script's section of BENCHMARKS.md with the figures and the command.
 """
@@ -31,7 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.nn.registry import NetworkConfig  # noqa: E402
-from bench.common import filled_buffer, timed, write_section  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_smoke_option,
+    filled_buffer,
+    refuse_smoke_write,
+    timed,
+    write_section,
+)
 from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
@@ -40,6 +46,7 @@ ARCHS = {"mtsac": ("mtmlp", 1), "moore": ("moore", 4)}
 # (hidden sizes, samples per task): MOORE's paper size and the demo preset's size.
 SIZES = {"paper 3x400, batch 128/task": ((400, 400, 400), 128),
          "demo 2x128, batch 32/task": ((128, 128), 32)}
+SMOKE_SIZES = {"smoke 2x16, batch 8/task": ((16, 16), 8)}
 
 
 def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
@@ -135,7 +142,8 @@ class _NullWriter:
 def sized_config(name: str, hidden=(400, 400, 400), per_task: int = 128) -> Config:
     arch, experts = ARCHS[name]
     cfg = get_preset(f"mt10_{name}")
-    return dataclasses.replace(cfg, network=NetworkConfig(arch, hidden, experts),
+    return dataclasses.replace(cfg, network=NetworkConfig(arch=arch, hidden_sizes=hidden,
+                                                          num_experts=experts),
                                sac=dataclasses.replace(cfg.sac, batch_size_per_task=per_task))
 
 
@@ -143,9 +151,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    add_smoke_option(parser)
     args = parser.parse_args()
-    repeats = 2 if args.quick else 5
-    steps = 5 if args.quick else 20
+    refuse_smoke_write(args)
+    repeats = 1 if args.smoke else 2 if args.quick else 5
+    steps = 1 if args.smoke else 5 if args.quick else 20
+    sizes = SMOKE_SIZES if args.smoke else SIZES
+    loop_size = next(iter(sizes.values())) if args.smoke else ((400, 400, 400), 128)
     out = []
     device = jax.devices()[0]
     out.append(f"machine: {platform.machine()}, {jax.device_count()} x {device.device_kind} "
@@ -155,11 +167,11 @@ def main():
                "steps vs the same update in eager PyTorch\n")
     out.append("| agent | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |")
     out.append("|---|---|---|---|---|")
-    for size, (hidden, per_task) in SIZES.items():
+    for size, (hidden, per_task) in sizes.items():
         for name in ARCHS:
             cfg = sized_config(name, hidden, per_task)
-            rate = bench_learner(cfg, steps if "paper" in size else 10 * steps, repeats)
-            torch_rate = bench_torch(name, hidden, per_task, repeats)
+            rate = bench_learner(cfg, steps if "demo" not in size else 10 * steps, repeats)
+            torch_rate = None if args.smoke else bench_torch(name, hidden, per_task, repeats)
             ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a (torch not installed)"
             torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
             out.append(f"| {name} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")
@@ -169,13 +181,19 @@ def main():
                "medians of alternating rounds\n")
     out.append("| agent | mode | raw env | update | loop | loop / (env + update) |")
     out.append("|---|---|---|---|---|---|")
-    for name in ARCHS:
+    for name in ("mtsac",) if args.smoke else ARCHS:
         for mode in ("sync", "async"):
-            cfg = apply_overrides(sized_config(name), {
+            cfg = apply_overrides(sized_config(name, *loop_size), {
                 "train.async_actor": str(mode == "async"),
                 "sac.critic_warmup": "100", "sac.actor_warmup": "150",
                 "sac.buffer_size_per_task": "20000"})
-            r = bench_loop(cfg, chunks=1 if args.quick else 2, rounds=2 if args.quick else 3)
+            if args.smoke:  # two tasks, short warm-ups
+                cfg = apply_overrides(cfg, {
+                    "env.suite": "custom", "env.tasks": "reach-v3,drawer-close-v3",
+                    "sac.critic_warmup": "10", "sac.actor_warmup": "20",
+                    "train.chunk_steps": "10", "sac.buffer_size_per_task": "200"})
+            r = bench_loop(cfg, chunks=1 if args.quick or args.smoke else 2,
+                           rounds=1 if args.smoke else 2 if args.quick else 3)
             serial = r["env_step_s"] + r["update_s"]
             out.append(f"| {name} | {mode} | {r['env_step_s'] * 1e3:.2f} | "
                        f"{r['update_s'] * 1e3:.1f} | {r['loop_step_s'] * 1e3:.1f} | "

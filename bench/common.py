@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def write_section(script: str, title: str, text: str, command: str) -> None:
     else:
         current = current.rstrip() + "\n\n" + section + "\n"
     path.write_text(current)
+
+
+def add_smoke_option(parser) -> None:
+    """--smoke: every section of the script at tiny sizes, one round, in under a minute, to
+    check that it runs (tests/test_bench_smoke.py); its figures mean nothing and are not
+    written anywhere."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one round: check that the script runs (under a "
+                             "minute); writes nothing")
+
+
+def refuse_smoke_write(args) -> None:
+    if args.smoke and args.write:
+        print("error: --smoke figures are not measurements; drop --write", file=sys.stderr)
+        raise SystemExit(2)
