@@ -26,7 +26,7 @@ again) the next step plans from wherever the agent is. Should no plan exist, it 
 random turn (this never happened in 8,848 planning calls at epsilon 0.5 on all 7 tasks).
 
 Measured success with no noise (`python -m envs.minigrid.expert`): 100 % on every task of
-minigrid_mt7, 1,000 episodes each (with noise: training/collect_minigrid.py).
+minigrid_mt7, 1,000 episodes each (with noise: training/data/collect_minigrid.py).
 """
 
 from __future__ import annotations
