@@ -68,8 +68,10 @@ class TrainConfig:
     def check(self) -> None:
         """The bounds of this section's own fields (UsageError naming the option)."""
         check_fields("train", self, positive=("total_steps_per_task", "eval_every",
-                                              "checkpoint_every", "keep_checkpoints"),
-                     non_negative=("devices",))
+                                              "checkpoint_every", "keep_checkpoints"))
+        if self.devices < 0:
+            raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got "
+                             f"{self.devices}")
         for name in ("total_steps_per_task", "eval_every", "checkpoint_every"):
             if getattr(self, name) > MAX_STEPS:
                 raise UsageError(f"--train.{name} must be at most {MAX_STEPS} (step counters "
