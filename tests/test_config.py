@@ -48,3 +48,20 @@ def test_overrides_are_typed_and_checked():
         config_lib.apply_overrides(cfg, {"train.async_actor": "maybe"})
     with pytest.raises(UsageError, match="--train.chunk_steps \\(70\\) must divide"):
         config_lib.validate(config_lib.apply_overrides(cfg, {"train.chunk_steps": "70"}))
+
+
+def test_a_run_config_holds_only_its_algorithms_sections_and_old_ones_still_load():
+    sections = {name: set(config_lib.to_dict(get_preset(preset))) - {"preset", "seed", "algo"}
+                for name, preset in (("sac", "mt10_moore"), ("ppo", "minigrid_mt3_moore"),
+                                     ("dt", "mt10_mtdt"))}
+    assert sections == {"sac": {"env", "network", "sac", "train", "eval"},
+                        "ppo": {"env", "network", "ppo", "train", "eval"},
+                        "dt": {"env", "dt", "train", "eval"}}
+    old = dataclasses.asdict(get_preset("minigrid_mt3_moore"))  # saved every section
+    assert config_lib.from_dict(old) == get_preset("minigrid_mt3_moore")
+    with pytest.raises(UsageError, match="--network.arch does not apply to algo dt"):
+        config_lib.apply_overrides(get_preset("mt10_mtdt"), {"network.arch": "moe"})
+    # --algo is applied first, so the sections of the algorithm it names apply
+    cfg = config_lib.apply_overrides(get_preset("mt10_mtdt"),
+                                     {"sac.gamma": "0.9", "algo": "sac"})
+    assert cfg.algo == "sac" and cfg.sac.gamma == 0.9
