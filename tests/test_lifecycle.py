@@ -3,6 +3,7 @@ last line of eval.jsonl, a damaged latest checkpoint, a run stopped before its f
 checkpoint, and the messages that say where a run resumes."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,38 +83,45 @@ ARGS = [*TINY, *SMALL_SUITE, "--preset", "demo", "--train.total_steps_per_task",
         "--train.checkpoint_every", "40", "--train.eval_every", "40"]
 
 
-def test_resume_from_an_older_checkpoint_when_the_latest_is_damaged(tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny SAC run trained to the end (checkpoints at 40 and 80)."""
+    out = tmp_path_factory.mktemp("finished")
+    done = _launch("train", "--out", str(out), *ARGS)
+    assert done.returncode == 0, done.stderr
+    (run,) = out.iterdir()
+    return run
+
+
+def test_resume_from_an_older_checkpoint_when_the_latest_is_damaged(finished_run, tmp_path):
     """A run killed after writing a damaged last checkpoint resumes from the one before and
     reproduces the uninterrupted run."""
-    done = _launch("train", "--out", str(tmp_path), *ARGS)
-    assert done.returncode == 0, done.stderr
-    (run,) = tmp_path.iterdir()
-    reference = run_lib.read_evals(run)
+    run = tmp_path / finished_run.name
+    shutil.copytree(finished_run, run)
+    (run / ".lock").unlink(missing_ok=True)
     (run / "final.json").unlink()  # as if killed while writing the final checkpoint
     _damage(run / "checkpoints" / "80")
     resumed = _launch("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "checkpoint 80" in resumed.stderr and "using step 40" in resumed.stderr
     assert f"resuming {run} from step 40" in resumed.stdout
-    assert run_lib.read_evals(run) == reference
+    assert run_lib.read_evals(run) == run_lib.read_evals(finished_run)
     assert json.loads((run / "final.json").read_text())["step"] == 80
+    assert (run / "checkpoints" / "80.damaged").is_dir()  # kept, out of the way
 
 
-def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
-    run = run_lib.create(str(tmp_path), get_preset("demo"))
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(finished_run, tmp_path):
     # What a run killed during its first evaluation leaves: config, a record, events, no
-    # checkpoint. Its config is rewritten to the tiny run's.
-    made = _launch("train", "--out", str(tmp_path / "ref"), *ARGS)
-    assert made.returncode == 0, made.stderr
-    (reference,) = (tmp_path / "ref").iterdir()
-    (run / "config.json").write_text((reference / "config.json").read_text())
+    # checkpoint.
+    run = run_lib.create(str(tmp_path), get_preset("demo"))
+    (run / "config.json").write_text((finished_run / "config.json").read_text())
     (run / "eval.jsonl").write_text('{"step": 0, "partial": true}\n')
     (run / "tb").mkdir()
     (run / "tb" / "events.out.tfevents.0.killed").write_bytes(b"")
     resumed = _launch("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{run} stopped before its first checkpoint: starting it over" in resumed.stdout
-    assert run_lib.read_evals(run) == run_lib.read_evals(reference)
+    assert run_lib.read_evals(run) == run_lib.read_evals(finished_run)
     assert not (run / "tb" / "events.out.tfevents.0.killed").exists()
 
 
