@@ -65,3 +65,21 @@ def test_a_run_config_holds_only_its_algorithms_sections_and_old_ones_still_load
     cfg = config_lib.apply_overrides(get_preset("mt10_mtdt"),
                                      {"sac.gamma": "0.9", "algo": "sac"})
     assert cfg.algo == "sac" and cfg.sac.gamma == 0.9
+
+
+def test_matmul_precision_is_a_choice_applied_to_the_process():
+    import jax
+
+    from training.train import set_precision
+
+    with pytest.raises(UsageError, match="unknown train.matmul_precision 'tf32'; valid: "
+                                         "default, high, highest"):
+        config_lib.validate(config_lib.apply_overrides(get_preset("demo"),
+                                                       {"train.matmul_precision": "tf32"}))
+    try:
+        set_precision(config_lib.apply_overrides(get_preset("demo"),
+                                                 {"train.matmul_precision": "highest"}))
+        assert jax.config.jax_default_matmul_precision == "highest"
+    finally:
+        set_precision(get_preset("demo"))
+    assert jax.config.jax_default_matmul_precision is None

@@ -52,6 +52,8 @@ def test_mt10_train_evaluate_checkpoint(tmp_path):
     versions = json.loads((run / "versions.json").read_text())
     for package in ("metaworld", "mujoco", "gymnasium", "jax", "flax", "git_commit"):
         assert package in versions
+    assert versions["jax_backend"] == "cpu" and versions["device_count"] >= 1
+    assert versions["device_kind"] and versions["matmul_precision"] == "default"
     config = json.loads((run / "config.json").read_text())
     assert config["network"]["arch"] == "moore" and config["preset"] == "mt10_moore"
     assert json.loads((run / "final.json").read_text())["step"] == 200

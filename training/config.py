@@ -51,6 +51,9 @@ class TrainConfig:
     eval_every: int = 100_000
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
+    # float32 matmul precision (jax_default_matmul_precision): "default" lets recent GPUs use
+    # TF32 and TPUs bfloat16 passes; "highest" is full float32 everywhere (the CPU always is).
+    matmul_precision: str = "default"
 
 
     HELP: ClassVar[dict[str, str]] = {
@@ -63,7 +66,11 @@ class TrainConfig:
         "eval_every": "env steps per task between evaluations (dt: updates)",
         "checkpoint_every": "env steps per task between checkpoints (dt: updates)",
         "keep_checkpoints": "newest checkpoints kept",
+        "matmul_precision": "float32 matmul precision on accelerators (default: TF32 on "
+                            "recent GPUs, bfloat16 passes on TPUs; highest: full float32)",
     }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "matmul_precision": ("default", "high", "highest")}
 
     def check(self) -> None:
         """The bounds of this section's own fields (UsageError naming the option)."""

@@ -40,6 +40,17 @@ def versions() -> dict:
     return out
 
 
+def runtime(cfg: config_lib.Config) -> dict:
+    """Where the run computes: JAX's default backend, its first device's kind, the device
+    count, and the matmul precision in force (numbers differ between them)."""
+    import jax
+
+    device = jax.devices()[0]
+    return {"jax_backend": jax.default_backend(), "device_kind": device.device_kind,
+            "device_count": jax.device_count(),
+            "matmul_precision": cfg.train.matmul_precision}
+
+
 def _git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -95,7 +106,7 @@ def create_at(run: Path, cfg: config_lib.Config) -> Path:
     """A run directory at a chosen path (grids name their runs); it must not exist yet."""
     run.mkdir(parents=True)
     write_atomic(run / "config.json", config_lib.dumps(cfg))
-    write_atomic(run / "versions.json", json.dumps(versions(), indent=2))
+    write_atomic(run / "versions.json", json.dumps({**versions(), **runtime(cfg)}, indent=2))
     return run
 
 

@@ -39,12 +39,22 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
     one config) train together only with PPO on the device."""
     check_seed_batch(cfgs)
+    set_precision(cfgs[0])
     with run_lib.locked(runs):
         if resume:
             resume = _has_checkpoints(cfgs, runs)
         print(f"{cfgs[0].preset}: starting; JAX compiles the learner on first use, so expect "
               "a pause (seconds to minutes) before progress shows", flush=True)
         return _train(cfgs, runs, resume, show_progress)
+
+
+def set_precision(cfg: Config) -> None:
+    """The run's float32 matmul precision, for every computation of this process."""
+    import jax
+
+    precision = cfg.train.matmul_precision
+    jax.config.update("jax_default_matmul_precision", None if precision == "default"
+                      else precision)
 
 
 def _has_checkpoints(cfgs: list[Config], runs: list[Path]) -> bool:
@@ -83,6 +93,7 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
                deterministic: bool, **options) -> dict:
     """Evaluate a saved checkpoint of `run` with its algorithm's `reevaluate` (the module of
     its RUNNERS entry); the record goes to reeval.jsonl."""
+    set_precision(cfg)
     module = importlib.import_module(RUNNERS[cfg.algo].split(":")[0])
     return module.reevaluate(cfg, run, step=step, episodes=episodes,
                              deterministic=deterministic, **options)
