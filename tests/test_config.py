@@ -83,3 +83,20 @@ def test_matmul_precision_is_a_choice_applied_to_the_process():
     finally:
         set_precision(get_preset("demo"))
     assert jax.config.jax_default_matmul_precision is None
+
+
+def test_a_jax_platforms_without_the_cpu_backend_is_one_line(monkeypatch):
+    import jax
+
+    real = jax.devices
+
+    def devices(backend=None):
+        if backend == "cpu":
+            raise RuntimeError("Unknown backend cpu")  # what JAX_PLATFORMS=cuda gives
+        return real(backend)
+
+    monkeypatch.setattr(jax, "devices", devices)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(UsageError, match=r"JAX_PLATFORMS='cuda' hides JAX's CPU backend.*"
+                                         r"JAX_PLATFORMS=cuda,cpu"):
+        config_lib.validate(get_preset("demo"))

@@ -323,6 +323,7 @@ def validate(cfg: Config) -> None:
         from training.sharding import local_mesh
 
         local_mesh(t.devices)  # the upper bound needs JAX's backend
+        _check_cpu_backend()
     if cfg.algo == "dt":
         _validate_dt(cfg)
         _check_choices(cfg)
@@ -337,6 +338,22 @@ def validate(cfg: Config) -> None:
 
     make_network(cfg.network, 1, 1)
     _check_choices(cfg)
+
+
+def _check_cpu_backend() -> None:
+    """SAC's actor steps MuJoCo with a policy jitted on JAX's CPU device, so a JAX_PLATFORMS
+    that leaves the CPU backend out (e.g. `cuda`) would fail mid-start."""
+    import os
+
+    import jax
+
+    try:
+        jax.devices("cpu")
+    except RuntimeError:
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        raise UsageError(f"JAX_PLATFORMS='{platforms}' hides JAX's CPU backend, where SAC's "
+                         f"actor runs next to MuJoCo: add it (JAX_PLATFORMS={platforms},cpu)"
+                         ) from None
 
 
 def _check_choices(cfg: Config) -> None:
