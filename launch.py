@@ -95,9 +95,11 @@ def build_parser(preset: str = "demo") -> argparse.ArgumentParser:
     grid.add_argument("spec", help="grid spec file (TOML), e.g. experiments/moore_mt10.toml")
     grid.add_argument("--backend", default="local", help="local | slurm (default: local)")
     grid.add_argument("--out", default="runs", help="parent folder of grids (default: runs)")
-    grid.add_argument("--max-parallel", type=int, help="local: runs at once (default: one "
-                      "per GPU, or cores / local.cores_per_run)")
-    grid.add_argument("--dry-run", action="store_true", help="list the runs, start nothing")
+    grid.add_argument("--max-parallel", type=int, help="local: runs at once (default: "
+                      "local.runs_per_gpu per GPU, one on a TPU host, or cores / "
+                      "local.cores_per_run)")
+    grid.add_argument("--dry-run", action="store_true", help="list the runs and (local) each "
+                      "one's device slot; start nothing")
 
     status = commands.add_parser("status", help="status table of a grid's runs")
     status.add_argument("spec", help="grid spec file (TOML)")
@@ -209,6 +211,8 @@ def cmd_grid(args) -> int:
     run_lib.check_output_folder(Path(args.out) / spec.name)
     if args.dry_run:
         print(grid_lib.status_table(runs))
+        if args.backend == "local":
+            print(grid_lib.slot_plan(spec, runs, args.max_parallel))
         return 0
     if args.backend == "slurm":
         from experiments import slurm
@@ -279,11 +283,12 @@ def cmd_train(args) -> int:
         cfgs = []
         for run in runs:
             cfg = run_lib.load_config(run)
-            changed = config_lib.diff(cfg, config_lib.apply_overrides(cfg, overrides))
+            placed = config_lib.apply_overrides(cfg, overrides)
+            changed = config_lib.diff(cfg, placed, placement=False)
             if changed:
                 raise UsageError(f"--resume {run}: overrides differ from the run's config in: "
                                  f"{', '.join(changed)}")
-            cfgs.append(cfg)
+            cfgs.append(placed)  # config.json keeps the values the run started with
     else:
         cfg = config_lib.apply_overrides(get_preset(args.preset), overrides)
         cfgs = [dataclasses.replace(cfg, seed=cfg.seed + i) for i in range(args.num_seeds)]

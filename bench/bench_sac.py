@@ -1,9 +1,12 @@
-"""SAC benchmark on MT10 at MOORE's sizes (3x400, 128 per task = batch 1280).
+"""SAC benchmark on MT10 and MT50 at MOORE's sizes (3x400, 128 per task: batch 1280 / 6400).
 
-(a) learner updates/s (one jitted chunk of G gradient steps) for MTSAC and MOORE;
-(b) env-steps/s of the whole training loop (Trainer.run_chunk, after warm-up) against the
-    raw Meta-World stepping rate and the update rate measured in the same process, so the
-    loop's own overhead shows as a ratio;
+(a) learner updates/s (one jitted chunk of G gradient steps) for MTSAC and MOORE (4 experts
+    on MT10, 6 on MT50);
+(b) env-steps/s of the whole MT10 training loop (Trainer.run_chunk, after warm-up) against
+    the raw Meta-World stepping rate and the update rate measured in the same process, so
+    the loop's own overhead shows as a ratio; with the sub-envs stepped in this process or
+    in worker processes (env.vector_strategy sync / async), the actor waiting for the
+    learner or not (train.async_actor);
 (c) the same update in plain PyTorch (bench/torch_reference.py), side by side, as a ratio.
 
     python bench/bench_sac.py [--quick | --smoke] [--write]
@@ -43,17 +46,21 @@ from experiments.presets import get_preset  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
 
 ARCHS = {"mtsac": ("mtmlp", 1), "moore": ("moore", 4)}
-# (hidden sizes, samples per task): MOORE's paper size and the demo preset's size.
-SIZES = {"paper 3x400, batch 128/task": ((400, 400, 400), 128),
-         "demo 2x128, batch 32/task": ((128, 128), 32)}
-SMOKE_SIZES = {"smoke 2x16, batch 8/task": ((16, 16), 8)}
+EXPERTS = {"mt10": 4, "mt50": 6}  # MOORE's expert counts (paper)
+SUITE_TASKS = {"mt10": 10, "mt50": 50}
+# (suite, hidden sizes, samples per task): MOORE's paper sizes and the demo preset's size.
+SIZES = {"paper 3x400, batch 128/task": ("mt10", (400, 400, 400), 128),
+         "demo 2x128, batch 32/task": ("mt10", (128, 128), 32),
+         "paper 3x400, batch 128/task (6400)": ("mt50", (400, 400, 400), 128)}
+SMOKE_SIZES = {"smoke 2x16, batch 8/task": ("mt10", (16, 16), 8),
+               "smoke 2x16, batch 8/task (MT50)": ("mt50", (16, 16), 8)}
 
 
-def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
+def bench_learner(cfg: Config, steps: int, repeats: int, num_tasks: int = 10) -> float:
     """Gradient steps per second of the jitted chunk, sampling from a filled device buffer."""
     from agents.sac.learner import make_learner
 
-    n = 10
+    n = num_tasks
     learner = make_learner(cfg.sac, cfg.network, n, OBS_DIM, ACTION_DIM)
     state = learner.init(jax.random.PRNGKey(0))
     buf = filled_buffer(n, 4096, OBS_DIM, ACTION_DIM)
@@ -72,7 +79,7 @@ _TORCH_CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 from bench.torch_reference import build_torch_update
-update = build_torch_update({arch!r}, num_tasks=10, hidden_sizes={hidden!r},
+update = build_torch_update({arch!r}, num_tasks={num_tasks}, hidden_sizes={hidden!r},
                             num_experts={experts}, batch_size_per_task={per_task})
 update()
 times = []
@@ -83,14 +90,17 @@ print(json.dumps(1.0 / times[len(times) // 2]))
 """
 
 
-def bench_torch(name: str, hidden, per_task: int, repeats: int) -> float | None:
+def bench_torch(name: str, hidden, per_task: int, repeats: int,
+                suite: str = "mt10") -> float | None:
     """The same update in eager PyTorch, in a child process of this script: in one process,
     the CPU thread pools of JAX and PyTorch spin against each other and slow both."""
     if importlib.util.find_spec("torch") is None:
         return None
     arch, experts = ARCHS[name]
+    experts = EXPERTS[suite] if arch == "moore" else experts
     code = _TORCH_CHILD.format(root=str(ROOT), arch=arch, hidden=tuple(hidden), experts=experts,
-                               per_task=per_task, repeats=max(repeats, 3) * 3)
+                               per_task=per_task, repeats=max(repeats, 3) * 3,
+                               num_tasks=SUITE_TASKS[suite])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     return float(result.stdout.strip().splitlines()[-1])
@@ -130,6 +140,7 @@ def bench_loop(cfg: Config, chunks: int, rounds: int) -> dict:
             trainer._pending = None
             jax.block_until_ready(trainer.state)
             loop_s.append((time.perf_counter() - t) / (chunks * length))
+        trainer.close()
     return {"env_step_s": float(np.median(env_s)), "update_s": float(np.median(update_s)),
             "loop_step_s": float(np.median(loop_s))}
 
@@ -139,12 +150,78 @@ class _NullWriter:
         pass
 
 
-def sized_config(name: str, hidden=(400, 400, 400), per_task: int = 128) -> Config:
+def sized_config(name: str, hidden=(400, 400, 400), per_task: int = 128,
+                 suite: str = "mt10") -> Config:
     arch, experts = ARCHS[name]
-    cfg = get_preset(f"mt10_{name}")
+    experts = EXPERTS[suite] if arch == "moore" else experts
+    cfg = get_preset(f"{suite}_{name}")
     return dataclasses.replace(cfg, network=NetworkConfig(arch=arch, hidden_sizes=hidden,
                                                           num_experts=experts),
                                sac=dataclasses.replace(cfg.sac, batch_size_per_task=per_task))
+
+
+def machine_line() -> str:
+    device = jax.devices()[0]
+    return (f"machine: {platform.machine()}, {jax.device_count()} x {device.device_kind} "
+            f"({device.platform}), jax {jax.__version__}")
+
+
+def learner_table(sizes: dict, steps: int, repeats: int, torch: bool = True,
+                  precision: str | None = None) -> str:
+    """(a, c): updates/s of each agent at each size, beside eager PyTorch's."""
+    rows = ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |",
+            "|---|---|---|---|---|---|"]
+    for size, (suite, hidden, per_task) in sizes.items():
+        for name in ARCHS:
+            cfg = sized_config(name, hidden, per_task, suite)
+            if precision is not None:
+                cfg = apply_overrides(cfg, {"train.matmul_precision": precision})
+            # MT50 at paper size is ~5x an MT10 update: fewer steps per timed call.
+            chunk = 10 * steps if "demo" in size else steps if suite == "mt10" else max(
+                1, steps // 4)
+            with jax.default_matmul_precision(_precision(cfg)):
+                rate = bench_learner(cfg, chunk, repeats, SUITE_TASKS[suite])
+            torch_rate = bench_torch(name, hidden, per_task, repeats, suite) if torch else None
+            ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a"
+            torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
+            rows.append(f"| {name} | {suite} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+def _precision(cfg: Config) -> str | None:
+    precision = cfg.train.matmul_precision
+    return None if precision == "default" else precision
+
+
+def loop_table(agents, loop_size, smoke: bool = False, quick: bool = False,
+               strategies=("sync", "async")) -> str:
+    """(b): the whole MT10 loop per env vector strategy and actor mode."""
+    rows = ["| agent | envs | actor | raw env | update | loop | loop / (env + update) |",
+            "|---|---|---|---|---|---|---|"]
+    combos = [(strategy, mode) for strategy in strategies for mode in ("sync", "async")]
+    if smoke:  # each strategy and each mode once
+        combos = [("sync", "sync"), ("async", "async")]
+    for name in agents:
+        for strategy, mode in combos:
+            cfg = apply_overrides(sized_config(name, *loop_size), {
+                "train.async_actor": str(mode == "async"),
+                "env.vector_strategy": strategy,
+                "sac.critic_warmup": "100", "sac.actor_warmup": "150",
+                "sac.buffer_size_per_task": "20000"})
+            if smoke:  # two tasks, short warm-ups
+                cfg = apply_overrides(cfg, {
+                    "env.suite": "custom", "env.tasks": "reach-v3,drawer-close-v3",
+                    "sac.critic_warmup": "10", "sac.actor_warmup": "20",
+                    "train.chunk_steps": "10", "sac.buffer_size_per_task": "200"})
+            r = bench_loop(cfg, chunks=1 if quick or smoke else 2,
+                           rounds=1 if smoke else 2 if quick else 3)
+            serial = r["env_step_s"] + r["update_s"]
+            rows.append(f"| {name} | {strategy} | {mode} | {r['env_step_s'] * 1e3:.2f} | "
+                        f"{r['update_s'] * 1e3:.1f} | {r['loop_step_s'] * 1e3:.1f} | "
+                        f"{r['loop_step_s'] / serial:.3f} |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
 
 
 def main():
@@ -157,52 +234,22 @@ def main():
     repeats = 1 if args.smoke else 2 if args.quick else 5
     steps = 1 if args.smoke else 5 if args.quick else 20
     sizes = SMOKE_SIZES if args.smoke else SIZES
-    loop_size = next(iter(sizes.values())) if args.smoke else ((400, 400, 400), 128)
-    out = []
-    device = jax.devices()[0]
-    out.append(f"machine: {platform.machine()}, {jax.device_count()} x {device.device_kind} "
-               f"({device.platform}), jax {jax.__version__}")
+    loop_size = next(iter(sizes.values()))[1:] if args.smoke else ((400, 400, 400), 128)
+    out = [machine_line()]
 
-    out.append("\n(a, c) learner updates/s on MT10 (10 tasks), one jitted chunk of gradient "
-               "steps vs the same update in eager PyTorch\n")
-    out.append("| agent | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |")
-    out.append("|---|---|---|---|---|")
-    for size, (hidden, per_task) in sizes.items():
-        for name in ARCHS:
-            cfg = sized_config(name, hidden, per_task)
-            rate = bench_learner(cfg, steps if "demo" not in size else 10 * steps, repeats)
-            torch_rate = None if args.smoke else bench_torch(name, hidden, per_task, repeats)
-            ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a (torch not installed)"
-            torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
-            out.append(f"| {name} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")
-            print(out[-1], flush=True)
-
+    out.append("\n(a, c) learner updates/s, one jitted chunk of gradient steps vs the same "
+               "update in eager PyTorch\n")
+    out.append(learner_table(sizes, steps, repeats, torch=not args.smoke))
     out.append("\n(b) whole loop on MT10 at paper size, ms per vector-env step (10 env steps), "
-               "medians of alternating rounds\n")
-    out.append("| agent | mode | raw env | update | loop | loop / (env + update) |")
-    out.append("|---|---|---|---|---|---|")
-    for name in ("mtsac",) if args.smoke else ARCHS:
-        for mode in ("sync", "async"):
-            cfg = apply_overrides(sized_config(name, *loop_size), {
-                "train.async_actor": str(mode == "async"),
-                "sac.critic_warmup": "100", "sac.actor_warmup": "150",
-                "sac.buffer_size_per_task": "20000"})
-            if args.smoke:  # two tasks, short warm-ups
-                cfg = apply_overrides(cfg, {
-                    "env.suite": "custom", "env.tasks": "reach-v3,drawer-close-v3",
-                    "sac.critic_warmup": "10", "sac.actor_warmup": "20",
-                    "train.chunk_steps": "10", "sac.buffer_size_per_task": "200"})
-            r = bench_loop(cfg, chunks=1 if args.quick or args.smoke else 2,
-                           rounds=1 if args.smoke else 2 if args.quick else 3)
-            serial = r["env_step_s"] + r["update_s"]
-            out.append(f"| {name} | {mode} | {r['env_step_s'] * 1e3:.2f} | "
-                       f"{r['update_s'] * 1e3:.1f} | {r['loop_step_s'] * 1e3:.1f} | "
-                       f"{r['loop_step_s'] / serial:.3f} |")
-            print(out[-1], flush=True)
+               "medians of alternating rounds; envs: sub-envs stepped in this process (sync) "
+               "or in 10 worker processes (async); actor: waits for the update (sync) or "
+               "steps while it runs (async)\n")
+    out.append(loop_table(("mtsac",) if args.smoke else tuple(ARCHS), loop_size,
+                          smoke=args.smoke, quick=args.quick))
     text = "\n".join(out)
     print(text)
     if args.write:
-        write_section("bench_sac", "SAC on MT10 (bench/bench_sac.py)", text,
+        write_section("bench_sac", "SAC on MT10 and MT50 (bench/bench_sac.py)", text,
                       " ".join(["python", "bench/bench_sac.py", *sys.argv[1:]]))
 
 

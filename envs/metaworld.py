@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import metaworld
 import numpy as np
+from gymnasium.utils import seeding
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
 
 from training.errors import UsageError
@@ -29,6 +30,22 @@ MT10_TASKS: tuple[str, ...] = tuple(MT10_V3.keys())
 MT50_TASKS: tuple[str, ...] = tuple(ALL_V3_ENVIRONMENTS.keys())
 SUITES = {"mt10": MT10_TASKS, "mt50": MT50_TASKS}
 REWARD_VERSIONS = ("v1", "v2")
+# sync: every sub-env steps in this process; async: each in its own process (gymnasium's
+# AsyncVectorEnv), stepped in parallel. Same numbers for the same seed. `auto` is resolved by
+# `vector_strategy_for`.
+VECTOR_STRATEGIES = ("sync", "async")
+
+
+def vector_strategy_for(setting: str) -> str:
+    """The strategy of the `env.vector_strategy` setting: `auto` is sync when JAX computes on
+    the CPU (the learner then needs the cores the worker processes would take; BENCHMARKS.md,
+    bench/bench_sac.py) and async on a GPU or TPU, where the learner leaves the cores to
+    MuJoCo."""
+    if setting != "auto":
+        return setting
+    import jax
+
+    return "sync" if jax.default_backend() == "cpu" else "async"
 MAX_PATH_LENGTH = 500  # Meta-World raises if an episode is stepped past this.
 OBS_DIM = 39
 ACTION_DIM = 4
@@ -70,6 +87,16 @@ def check_env_args(suite: str, tasks: tuple[str, ...], reward_version: str,
     return names
 
 
+@functools.lru_cache(maxsize=64)
+def _benchmark(name: str, seed: int):
+    """The metaworld benchmark object of MT10/MT50 or of one task (MT1), for a seed. Built
+    once per process: its tasks (goals) are plain data, copied into each env that uses them.
+    (metaworld 3.1.1's own constructors; `_init_each_env` below is its env factory.)"""
+    if name in ("MT10", "MT50"):
+        return getattr(metaworld, name)(seed=seed)
+    return metaworld.MT1(name, seed=seed)
+
+
 @dataclass(frozen=True)
 class StepResult:
     obs: np.ndarray  # (n_tasks, 39) float64; reset obs where an episode ended
@@ -81,7 +108,10 @@ class StepResult:
 
 
 class MetaWorldVectorEnv:
-    """One synchronous Meta-World sub-env per task, seeded at construction."""
+    """One Meta-World sub-env per task, seeded at construction; stepped in this process
+    (`vector_strategy="sync"`) or each in its own process ("async"). Everything after
+    construction goes through the vector env's `step`, `reset` and `call`, so both give the
+    same numbers and the same checkpoints."""
 
     def __init__(
         self,
@@ -90,8 +120,12 @@ class MetaWorldVectorEnv:
         seed: int = 0,
         reward_version: str = "v2",
         max_episode_steps: int = MAX_PATH_LENGTH,
+        vector_strategy: str = "sync",
     ):
         self.task_names = check_env_args(suite, tasks, reward_version, max_episode_steps)
+        if vector_strategy not in VECTOR_STRATEGIES:
+            raise UsageError(f"unknown vector_strategy '{vector_strategy}'; valid: "
+                             f"{', '.join(VECTOR_STRATEGIES)}")
         self.num_tasks = len(self.task_names)
         self.max_episode_steps = max_episode_steps
         common = dict(
@@ -101,26 +135,30 @@ class MetaWorldVectorEnv:
             use_one_hot=False,
         )
         autoreset = gym.vector.AutoresetMode.DISABLED
+        # What metaworld.make_mt_envs builds (MT10/MT50: the benchmark object fixes the 50
+        # goals of every task from `seed`; custom lists: one MT1 benchmark per task, seeded
+        # seed + index, since 'Meta-World/custom-mt-envs' treats seed=0 as "unseeded"), from
+        # benchmark objects shared within the process: drawing a benchmark's goals resets
+        # each task's env 50 times (about 7 s for MT10), and every run builds two vector
+        # envs (training and evaluation) from the same benchmarks.
         if suite in SUITES:
-            # The benchmark object fixes the 50 goals of every task from `seed`.
-            self._envs = metaworld.make_mt_envs(
-                suite.upper(), seed=seed, vector_strategy="sync", autoreset_mode=autoreset, **common
-            )
+            benchmark = _benchmark(suite.upper(), seed)
+            makers = [functools.partial(
+                metaworld._init_each_env, env_cls=env_cls,
+                tasks=[t for t in benchmark.train_tasks if t.env_name == name], seed=seed,
+                env_id=idx, num_tasks=len(self.task_names), **common)
+                for idx, (name, env_cls) in enumerate(benchmark.train_classes.items())]
         else:
-            # Built here rather than through 'Meta-World/custom-mt-envs', which treats
-            # seed=0 as "unseeded" (`None if not seed else seed + idx`).
-            makers = [
-                functools.partial(
-                    metaworld.make_mt_envs,
-                    name,
-                    seed=seed + idx,
-                    env_id=idx,
-                    num_tasks=len(self.task_names),
-                    **common,
-                )
-                for idx, name in enumerate(self.task_names)
-            ]
-            self._envs = gym.vector.SyncVectorEnv(makers, autoreset_mode=autoreset)
+            makers = []
+            for idx, name in enumerate(self.task_names):
+                benchmark = _benchmark(name, seed + idx)
+                makers.append(functools.partial(
+                    metaworld._init_each_env, env_cls=benchmark.train_classes[name],
+                    tasks=list(benchmark.train_tasks), seed=seed + idx, env_id=idx,
+                    num_tasks=len(self.task_names), **common))
+        vectorizer = (gym.vector.SyncVectorEnv if vector_strategy == "sync"
+                      else gym.vector.AsyncVectorEnv)
+        self._envs = vectorizer(makers, autoreset_mode=autoreset)
         built = tuple(_CLASS_TO_TASK[name] for name in self._envs.get_attr("task_name"))
         assert built == self.task_names, (built, self.task_names)
         self._episode_step = 0
@@ -172,12 +210,21 @@ class MetaWorldVectorEnv:
         return self.reset()
 
     def reseed(self, seed: int) -> None:
-        """Fresh, deterministic random state for every sub-env (used before each evaluation)."""
-        for idx, env in enumerate(self._envs.envs):
-            env.unwrapped.seed(int(np.random.SeedSequence([seed, idx]).generate_state(1)[0]))
+        """Fresh, deterministic random state for every sub-env (used before each evaluation):
+        sub-env i as after `env.unwrapped.seed(SeedSequence([seed, i]))`, which seeds the
+        env's generator and its action, observation and goal spaces' alike. Written into
+        each sub-env's checkpoint so that it reaches sub-envs in other processes."""
+        checkpoints = []
+        for idx, (env_id, ckpt) in enumerate(self._envs.call("get_checkpoint")):
+            sub_seed = int(np.random.SeedSequence([seed, idx]).generate_state(1)[0])
+            state = seeding.np_random(sub_seed)[0].bit_generator.state
+            rng = {name: state for name in ("np_random_state", "action_space_rng_state",
+                                            "obs_space_rng_state", "goal_space_rng_state")}
+            checkpoints.append((env_id, {**ckpt, "env_rng_state": rng}))
+        self._envs.call("load_checkpoint", checkpoints)
 
     @property
-    def raw(self) -> gym.vector.SyncVectorEnv:
+    def raw(self) -> gym.vector.VectorEnv:
         """The underlying gymnasium vector env (for metaworld.evaluation parity checks)."""
         return self._envs
 

@@ -103,6 +103,7 @@ def load_spec(path: str | Path) -> GridSpec:
     for key in ("overrides", "variants", "slurm", "local"):
         if not isinstance(data.get(key, {}), dict):
             raise UsageError(f"grid spec '{path}': '{key}' must be a table")
+    _check_local(path, data.get("local", {}))
     for variant, table in data.get("variants", {}).items():
         if not isinstance(table, dict):
             raise UsageError(f"grid spec '{path}': variant '{variant}' must be a table of "
@@ -119,6 +120,27 @@ def load_spec(path: str | Path) -> GridSpec:
                     overrides=dict(data.get("overrides", {})),
                     variants=dict(data.get("variants", {})), slurm=dict(data.get("slurm", {})),
                     local=dict(data.get("local", {})))
+
+
+_LOCAL_COUNTS = ("cores_per_run", "runs_per_gpu", "max_parallel")
+
+
+def _check_local(path: Path, local: dict) -> None:
+    from experiments.placement import ACCELERATORS
+
+    unknown = set(local) - {*_LOCAL_COUNTS, "accelerator"}
+    if unknown:
+        raise UsageError(f"grid spec '{path}': unknown [local] key(s) "
+                         f"{', '.join(sorted(unknown))}; valid: accelerator, "
+                         f"{', '.join(_LOCAL_COUNTS)}")
+    for key in _LOCAL_COUNTS:
+        value = local.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"grid spec '{path}': local.{key} must be an integer >= 1, got "
+                             f"{value!r}")
+    if local.get("accelerator", "auto") not in ACCELERATORS:
+        raise UsageError(f"grid spec '{path}': unknown local.accelerator "
+                         f"{local['accelerator']!r}; valid: {', '.join(ACCELERATORS)}")
 
 
 def _plain_name(name: str) -> bool:
@@ -296,32 +318,30 @@ def status_table(runs: list[GridRun]) -> str:
     return "\n".join(rows)
 
 
-def local_parallelism(spec: GridSpec, max_parallel: int | None = None) -> tuple[int, list]:
-    """How many runs at once, and the device assignment of each slot.
+def local_slots(spec: GridSpec, max_parallel: int | None = None, host=None) -> list:
+    """The device slots of a local grid (experiments/placement.py): one per run that may
+    train at once; `host` (detected by default) is what the machine offers."""
+    from experiments import placement
 
-    One process per GPU when there are GPUs (each sees only its own); otherwise the cores
-    divided by `local.cores_per_run` (default 2: a JAX learner and MuJoCo per run)."""
-    import os
-    import shutil
-    import subprocess
+    local = spec.local
+    if host is None:
+        host = placement.detect(local.get("accelerator", "auto"))
+    return placement.slots(host, runs_per_gpu=local.get("runs_per_gpu", 1),
+                           cores_per_run=local.get("cores_per_run", 2),
+                           max_parallel=max_parallel or local.get("max_parallel"))
 
-    gpus = []
-    if shutil.which("nvidia-smi"):
-        try:
-            listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                                     timeout=30).stdout
-            gpus = [str(i) for i, line in enumerate(listing.splitlines())
-                    if line.startswith("GPU")]
-        except (OSError, subprocess.SubprocessError):
-            gpus = []
-    if max_parallel is None:
-        max_parallel = spec.local.get("max_parallel")
-    if gpus:
-        slots = max_parallel or len(gpus)
-        return slots, [gpus[i % len(gpus)] for i in range(slots)]
-    cores_per_run = int(spec.local.get("cores_per_run", 2))
-    slots = max_parallel or max(1, (os.cpu_count() or 1) // max(cores_per_run, 1))
-    return slots, [None] * slots
+
+def slot_plan(spec: GridSpec, runs: list[GridRun], max_parallel: int | None = None,
+              host=None) -> str:
+    """`grid --dry-run`'s plan: each process to start (a run, or a batch of seeds) and the
+    device slot it takes first; later processes take whichever slot frees first."""
+    todo = batches(runs, spec.batch_seeds)
+    slots = local_slots(spec, max_parallel, host)
+    rows = [f"{len(slots)} slot(s) at a time: {', '.join(dict.fromkeys(s.label for s in slots))}"]
+    for i, group in enumerate(todo):
+        slot = slots[i].label if i < len(slots) else "next free slot"
+        rows.append(f"  {_names(group)}: {slot}")
+    return "\n".join(rows)
 
 
 def log_name(group: list[GridRun]) -> str:
@@ -346,7 +366,8 @@ def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
 
     pending = batches(runs, spec.batch_seeds)
     todo = sum(len(g) for g in pending)
-    slots, devices = local_parallelism(spec, max_parallel)
+    slot_list = local_slots(spec, max_parallel)
+    slots = len(slot_list)
     log_dir = Path(out) / spec.name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent
@@ -361,16 +382,14 @@ def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
             if slot in active or not pending:
                 continue
             group = pending.pop(0)
-            env = dict(os.environ)
-            if devices[slot] is not None:
-                env["CUDA_VISIBLE_DEVICES"] = devices[slot]
+            env = {**os.environ, **slot_list[slot].env}
             log = open(log_dir / log_name(group), "a")  # closed when the process ends
             proc = subprocess.Popen(
                 [sys.executable, "-m", "experiments.grid", str(spec.path), str(out),
                  *(r.name for r in group)],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             active[slot] = (group, proc, log)
-            print(f"  started {_names(group)}", flush=True)
+            print(f"  started {_names(group)} on {slot_list[slot].label}", flush=True)
         time.sleep(0.5)
         for slot, (group, proc, log) in list(active.items()):
             if proc.poll() is None:

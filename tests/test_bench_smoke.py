@@ -1,6 +1,6 @@
 """Every benchmark script keeps running: each one's --smoke mode (every section at tiny sizes)
 finishes, prints its tables, and leaves the repository as it was; --smoke --write is refused.
-The five run side by side (compilation is mostly single-threaded), to keep the suite short."""
+They run side by side (compilation is mostly single-threaded), to keep the suite short."""
 
 import subprocess
 import sys
@@ -10,12 +10,18 @@ from tests.conftest import ROOT
 # script -> header lines its tables must print (one per section)
 TABLES = {
     "bench_archs.py": ["| preset | arch | trainable params | updates/s |"],
-    "bench_sac.py": ["| agent | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |",
-                     "| agent | mode | raw env | update | loop | loop / (env + update) |"],
+    "bench_sac.py": ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) |",
+                     "| mtsac | mt50 | smoke",
+                     "| agent | envs | actor | raw env | update | loop | loop / (env + update) |",
+                     "| mtsac | async | async |"],
     "bench_ppo.py": ["| preset | arch (experts), tasks | backend | seeds | s / iteration |"],
     "bench_dt.py": ["| size | params (both) | JAX ms / step | JAX tokens/s |",
                     "| size | JAX ms / call | JAX calls/s |"],
     "bench_minigrid.py": ["| env | reference single | reference vector (16) | ours N=8 |"],
+    "device_check.py": ["### 1. devices", "backend cpu", "### 2. sac learner",
+                        "matmul precision highest", "### 3. sac loop", "### 4. checkpoint",
+                        "re-evaluation here and in a CPU-only process give the same record",
+                        "### 5. ppo seeds", "### 6. dt training", "| model | batch | tokens/s |"],
 }
 
 

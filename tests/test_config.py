@@ -70,18 +70,18 @@ def test_a_run_config_holds_only_its_algorithms_sections_and_old_ones_still_load
 def test_matmul_precision_is_a_choice_applied_to_the_process():
     import jax
 
-    from training.train import set_precision
+    from training.train import configure_jax
 
     with pytest.raises(UsageError, match="unknown train.matmul_precision 'tf32'; valid: "
                                          "default, high, highest"):
         config_lib.validate(config_lib.apply_overrides(get_preset("demo"),
                                                        {"train.matmul_precision": "tf32"}))
     try:
-        set_precision(config_lib.apply_overrides(get_preset("demo"),
+        configure_jax(config_lib.apply_overrides(get_preset("demo"),
                                                  {"train.matmul_precision": "highest"}))
         assert jax.config.jax_default_matmul_precision == "highest"
     finally:
-        set_precision(get_preset("demo"))
+        configure_jax(get_preset("demo"))
     assert jax.config.jax_default_matmul_precision is None
 
 
@@ -100,3 +100,33 @@ def test_a_jax_platforms_without_the_cpu_backend_is_one_line(monkeypatch):
     with pytest.raises(UsageError, match=r"JAX_PLATFORMS='cuda' hides JAX's CPU backend.*"
                                          r"JAX_PLATFORMS=cuda,cpu"):
         config_lib.validate(get_preset("demo"))
+
+
+def test_deterministic_gpu_ops_reach_xla_before_jax_starts(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
+            "from experiments.presets import get_preset; from training import config; "
+            "config.validate(config.apply_overrides(get_preset('demo'), "
+            "{'train.deterministic_ops': 'true'})); import jax; jax.devices(); "
+            "print(os.environ['XLA_FLAGS'])")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "--xla_gpu_deterministic_ops=true"
+    # A process whose GPU backend already started without the flag is refused, in one line.
+    import jax
+    from jax._src import xla_bridge
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(UsageError, match=r"--train.deterministic_ops needs XLA_FLAGS="
+                                         r"--xla_gpu_deterministic_ops=true before JAX starts"):
+        config_lib.validate(config_lib.apply_overrides(get_preset("demo"),
+                                                       {"train.deterministic_ops": "true"}))

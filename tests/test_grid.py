@@ -78,6 +78,10 @@ def test_duplicate_runs_are_refused(tmp_path):
      "batch_seeds 4 needs algo ppo on env.backend jax; run demo-s0 uses algo sac"),
     ('presets = ["minigrid_mt3_mtppo"]\nbatch_seeds = 2\n[overrides]\n"env.backend" = "gym"\n',
      "run minigrid_mt3_mtppo-s0 uses env.backend gym"),
+    ('presets = ["demo"]\n[local]\nruns_per_gpu = 0\n', "local.runs_per_gpu must be an integer"),
+    ('presets = ["demo"]\n[local]\ngpus = 2\n', "unknown [local] key(s) gpus; valid: accelerator"),
+    ('presets = ["demo"]\n[local]\naccelerator = "ipu"\n',
+     "unknown local.accelerator 'ipu'; valid: auto, cpu, gpu, tpu"),
 ])
 def test_bad_specs_exit_2_with_one_line(tmp_path, capsys, text, message):
     path = _spec(tmp_path, text)
@@ -334,3 +338,60 @@ def test_tiny_grid_end_to_end_on_the_local_backend(tmp_path):
     status = subprocess.run([sys.executable, str(ROOT / "launch.py"), "status", str(SMOKE),
                              *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "demo-s1" in status.stdout and "2 runs: 2 done, 0 partial, 0 new" in status.stdout
+
+
+# ---- device slots of the local backend (experiments/placement.py) ----------------------------
+
+def test_device_slots_on_simulated_hosts():
+    from experiments.placement import Host, slots
+
+    def plan(host, environ=None, **local):
+        return [(s.label, s.env) for s in slots(host, environ=environ or {}, **local)]
+
+    # CPU-only: cores / cores_per_run, or --max-parallel; nothing set in the environment.
+    assert plan(Host("cpu", cores=16), cores_per_run=2) == [("cpu", {})] * 8
+    assert plan(Host("cpu", cores=2), cores_per_run=4) == [("cpu", {})]
+    assert plan(Host("cpu", cores=16), max_parallel=3) == [("cpu", {})] * 3
+    # GPUs: one run per GPU sees only its own and keeps JAX's default memory share.
+    assert plan(Host("gpu", ("0", "1"), cores=16)) == [
+        ("gpu 0", {"CUDA_VISIBLE_DEVICES": "0"}), ("gpu 1", {"CUDA_VISIBLE_DEVICES": "1"})]
+    # Several per GPU: spread over the GPUs first, each with an equal memory share.
+    share = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.30"}
+    assert plan(Host("gpu", ("0", "1"), cores=16), runs_per_gpu=3) == [
+        (f"gpu {g} ({k}/3)", {"CUDA_VISIBLE_DEVICES": g, **share})
+        for k in (1, 2, 3) for g in ("0", "1")]
+    # ... unless the user chose JAX's allocator settings; and cores bound the slots (a SAC run
+    # steps MuJoCo on a core), --max-parallel overrides.
+    assert plan(Host("gpu", ("0",), cores=4), {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+                runs_per_gpu=4) == [("gpu 0 (1/4)", {"CUDA_VISIBLE_DEVICES": "0"}),
+                                    ("gpu 0 (2/4)", {"CUDA_VISIBLE_DEVICES": "0"})]
+    assert len(plan(Host("gpu", ("0",), cores=4), runs_per_gpu=4, max_parallel=4)) == 4
+    # A TPU host: one process holds every chip, so one run at a time.
+    assert plan(Host("tpu", cores=96), max_parallel=4) == [("tpu (all chips)", {})]
+
+
+def test_detection_respects_an_existing_cuda_visible_devices(monkeypatch):
+    from experiments import placement
+
+    monkeypatch.setattr(placement, "_nvidia_gpus", lambda: ("0", "1", "2", "3"))
+    monkeypatch.setattr(placement, "_has_tpu", lambda: False)
+    assert placement.detect("auto", {}).gpus == ("0", "1", "2", "3")
+    assert placement.detect("auto", {"CUDA_VISIBLE_DEVICES": "2,3"}).gpus == ("2", "3")
+    assert placement.detect("auto", {"CUDA_VISIBLE_DEVICES": ""}).kind == "cpu"
+    assert placement.detect("cpu", {}).kind == "cpu"
+    monkeypatch.setattr(placement, "_nvidia_gpus", lambda: ())
+    monkeypatch.setattr(placement, "_has_tpu", lambda: True)
+    assert placement.detect("auto", {}).kind == "tpu"
+
+
+def test_dry_run_shows_each_process_and_its_slot(tmp_path, capsys, monkeypatch):
+    from experiments import placement
+
+    monkeypatch.setattr(placement, "detect", lambda accelerator="auto", environ=None:
+                        placement.Host("gpu", ("0", "1"), cores=8))
+    path = _spec(tmp_path, 'name = "g"\npresets = ["demo"]\nseeds = 3\n[local]\nruns_per_gpu = 2\n')
+    assert launch.main(["grid", str(path), "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 slot(s) at a time: gpu 0 (1/2), gpu 1 (1/2), gpu 0 (2/2), gpu 1 (2/2)" in out
+    assert "demo-s0: gpu 0 (1/2)" in out and "demo-s2: gpu 0 (2/2)" in out
+    assert not (tmp_path / "g").exists()  # a dry run writes nothing

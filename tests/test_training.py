@@ -83,7 +83,10 @@ def test_sigkilled_run_resumes_to_identical_numbers(tmp_path, mode):
     reference = _train(tmp_path / "a", *args)
     assert reference.returncode == 0, reference.stderr
 
-    proc = _train(tmp_path / "b", *args, wait=False)
+    # In async mode the interrupted run also steps its envs in worker processes (the env
+    # state checkpointed through `call`): the same numbers as the sync envs' reference.
+    envs = ["--env.vector_strategy", "async"] if mode == "async" else []
+    proc = _train(tmp_path / "b", *args, *envs, wait=False)
     deadline = time.time() + 300
     ckpt_dir = None
     while time.time() < deadline:  # kill once a mid-run checkpoint exists

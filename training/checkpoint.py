@@ -3,6 +3,11 @@
 A checkpoint holds a tree of arrays (`state`) and a JSON document (`meta`). Orbax writes
 into a temporary folder and renames it when complete, so a run killed mid-save leaves the
 previous checkpoints intact and the partial one is ignored.
+
+Checkpoints are device-agnostic: arrays are saved as host copies (no device or sharding is
+recorded) and always restored as host arrays, which each loop then places on its own devices.
+So a checkpoint written on a GPU, a TPU or several devices restores under any other layout.
+Checkpoints of older versions recorded each array's device; those restore onto the host too.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 from training.errors import UsageError
@@ -27,6 +33,9 @@ class Checkpointer:
         self.directory = Path(directory)
 
     def save(self, step: int, state: dict, meta: dict) -> None:
+        # Host copies: orbax would record each jax.Array's device ("cuda:0", "cpu:1") and look
+        # it up again on restore, which fails under any other device layout.
+        state = jax.device_get(state)
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)),
                            force=True)
@@ -52,6 +61,8 @@ class Checkpointer:
         for candidate in steps:
             try:
                 restored = self._read(candidate)
+            except CheckpointLayoutError:
+                raise  # every checkpoint of the run has the same layout: none is damaged
             except UsageError:
                 skipped.append(candidate)
                 continue
@@ -87,11 +98,49 @@ class Checkpointer:
         return tree, meta
 
     def _read(self, step: int) -> tuple[dict, dict]:
+        # Arrays an older checkpoint recorded on a device this process does not have (a GPU
+        # run restored on a CPU, "cpu:1" with one device) come back on the host instead.
+        on_host = jax.sharding.SingleDeviceSharding(_host_device())
         try:
             restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                              meta=ocp.args.JsonRestore()))
-        except Exception:  # orbax/tensorstore raise many types for damaged files
+                step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(fallback_sharding=on_host),
+                    meta=ocp.args.JsonRestore()))
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            if _is_layout_mismatch(error):
+                raise CheckpointLayoutError(
+                    f"checkpoint '{self.directory / str(step)}' was written under a device "
+                    f"layout this process cannot map ({_first_line(error)}); its files are "
+                    "intact: restore it where it was written, or with the same devices "
+                    "visible") from None
             raise UsageError(f"corrupt checkpoint '{self.directory / str(step)}': its files "
                              "cannot be read") from None
-        return restored["state"], restored["meta"]
+        return jax.device_get(restored["state"]), restored["meta"]
+
+
+def _host_device():
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu: the default backend's first device
+        return jax.local_devices()[0]
+
+
+class CheckpointLayoutError(UsageError):
+    """An intact checkpoint whose arrays name devices this process cannot map: not damage,
+    so it is never moved aside and never skipped for an older checkpoint."""
+
+
+def _is_layout_mismatch(error: BaseException) -> bool:
+    text = " ".join(str(e) for e in _chain(error)).lower()
+    return any(words in text for words in ("topology mismatch", "sharding", "device_str",
+                                           "unknown device", "not found in devices"))
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -27,6 +27,9 @@ class EnvConfig:
     # MiniGrid envs keep their own max_steps
     backend: str = "jax"  # MiniGrid only: jax (our envs, on the device) | gym (minigrid itself);
     # ppo trains and evaluates there, dt evaluates there
+    # Meta-World only: sub-envs stepped in this process (sync) or one process each (async);
+    # the same numbers either way. auto: sync when JAX runs on the CPU, async on a GPU/TPU.
+    vector_strategy: str = "auto"
 
 
     HELP: ClassVar[dict[str, str]] = {
@@ -36,9 +39,14 @@ class EnvConfig:
         "reward_version": "Meta-World reward function",
         "max_episode_steps": "Meta-World episode length (MOORE's paper protocol: 150)",
         "backend": "MiniGrid: jax (our envs, on the device) or gym (minigrid itself)",
+        "vector_strategy": "Meta-World: step the sub-envs in this process (sync) or each in "
+                           "its own process (async); same numbers; auto: sync on a CPU, "
+                           "async on a GPU/TPU",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"reward_version": ("v1", "v2"),
-                                                     "backend": ("jax", "gym")}
+                                                     "backend": ("jax", "gym"),
+                                                     "vector_strategy": ("auto", "sync",
+                                                                         "async")}
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -46,6 +54,9 @@ class TrainConfig:
     chunk_steps: int = 50  # env steps collected, then as many gradient steps, per learner call
     async_actor: bool = False  # overlap env stepping with the learner (policy lag: one chunk)
     devices: int = 0  # local devices the learner's batch is split over; 0: all of them
+    # The learner's (first) device: an index into the default backend's local devices. Where
+    # the learner runs, not what it computes: a resume or re-evaluation may place it elsewhere.
+    learner_device: int = 0
     # Both count env steps per task (taken at the next episode boundary); for algo dt, which
     # trains offline, they count gradient updates (dt.updates in all).
     eval_every: int = 100_000
@@ -54,6 +65,9 @@ class TrainConfig:
     # float32 matmul precision (jax_default_matmul_precision): "default" lets recent GPUs use
     # TF32 and TPUs bfloat16 passes; "highest" is full float32 everywhere (the CPU always is).
     matmul_precision: str = "default"
+    # GPU only: XLA's deterministic kernels (--xla_gpu_deterministic_ops), so that a resumed
+    # run repeats its numbers bit for bit there too; slower scatter-adds (embedding gradients).
+    deterministic_ops: bool = False
 
 
     HELP: ClassVar[dict[str, str]] = {
@@ -62,12 +76,19 @@ class TrainConfig:
                        "call",
         "async_actor": "SAC: step the envs while the learner updates (one chunk of policy "
                        "lag)",
-        "devices": "SAC: local devices the learner's batch is split over; 0: all",
+        "devices": "SAC: local devices the learner's batch is split over, from "
+                   "learner_device on; 0: all",
+        "learner_device": "index of the learner's device among the default backend's local "
+                          "devices (SAC's actor stays on the CPU); on a CPU, "
+                          "XLA_FLAGS=--xla_force_host_platform_device_count=2 simulates an "
+                          "accelerator at index 1",
         "eval_every": "env steps per task between evaluations (dt: updates)",
         "checkpoint_every": "env steps per task between checkpoints (dt: updates)",
         "keep_checkpoints": "newest checkpoints kept",
         "matmul_precision": "float32 matmul precision on accelerators (default: TF32 on "
                             "recent GPUs, bfloat16 passes on TPUs; highest: full float32)",
+        "deterministic_ops": "GPU: deterministic XLA kernels (--xla_gpu_deterministic_ops), "
+                             "for runs that must resume bit for bit; CPU runs always do",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "matmul_precision": ("default", "high", "highest")}
@@ -79,6 +100,9 @@ class TrainConfig:
         if self.devices < 0:
             raise UsageError(f"--train.devices must be >= 0 (0: all local devices), got "
                              f"{self.devices}")
+        if self.learner_device < 0:
+            raise UsageError(f"--train.learner_device must be >= 0 (an index into the local "
+                             f"devices), got {self.learner_device}")
         for name in ("total_steps_per_task", "eval_every", "checkpoint_every"):
             if getattr(self, name) > MAX_STEPS:
                 raise UsageError(f"--train.{name} must be at most {MAX_STEPS} (step counters "
@@ -265,10 +289,17 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
     return cfg
 
 
-def diff(a: Config, b: Config) -> list[str]:
-    """Dotted names whose values differ between two configs."""
+# Options that say where and how a run computes, not what (the numbers stay the same): a
+# resumed run may change them.
+PLACEMENT = ("train.learner_device", "env.vector_strategy")
+
+
+def diff(a: Config, b: Config, placement: bool = True) -> list[str]:
+    """Dotted names whose values differ between two configs (without `placement`: except the
+    PLACEMENT options)."""
     da, db = flatten(a), flatten(b)
-    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k)
+                  and (placement or k not in PLACEMENT))
 
 
 def flatten(cfg: Config) -> dict:
@@ -318,11 +349,16 @@ def validate(cfg: Config) -> None:
         check = getattr(getattr(cfg, section), "check", None)
         if check is not None:
             check()
+    if is_minigrid(cfg.env.suite) and cfg.env.vector_strategy == "async":
+        raise UsageError(f"--env.vector_strategy {cfg.env.vector_strategy} is for Meta-World; "
+                         f"MiniGrid suites run on env.backend (jax or gym)")
     t = cfg.train
-    if cfg.algo == "sac":  # the only learner that splits its batch over devices
-        from training.sharding import local_mesh
+    _apply_deterministic_ops(t.deterministic_ops)  # before JAX starts its backend below
+    from training.sharding import learner_device, local_mesh
 
-        local_mesh(t.devices)  # the upper bound needs JAX's backend
+    learner_device(t.learner_device)  # the upper bounds need JAX's backend
+    if cfg.algo == "sac":  # the only learner that splits its batch over devices
+        local_mesh(t.devices, t.learner_device)
         _check_cpu_backend()
     if cfg.algo == "dt":
         _validate_dt(cfg)
@@ -338,6 +374,29 @@ def validate(cfg: Config) -> None:
 
     make_network(cfg.network, 1, 1)
     _check_choices(cfg)
+
+
+DETERMINISTIC_OPS_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def _apply_deterministic_ops(wanted: bool) -> None:
+    """XLA reads XLA_FLAGS once, when JAX starts its backend: the flag is added to the
+    environment then, which validation (the first use of JAX's devices) precedes. A process
+    whose GPU backend already runs without it is refused."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if not wanted or "xla_gpu_deterministic_ops" in flags:
+        return
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_OPS_FLAG}".strip()
+    elif jax.default_backend() == "gpu":
+        raise UsageError(f"--train.deterministic_ops needs XLA_FLAGS={DETERMINISTIC_OPS_FLAG} "
+                         "before JAX starts, and this process started its GPU backend "
+                         "already: set it in the environment")
 
 
 def _check_cpu_backend() -> None:

@@ -41,14 +41,16 @@ def versions() -> dict:
 
 
 def runtime(cfg: config_lib.Config) -> dict:
-    """Where the run computes: JAX's default backend, its first device's kind, the device
-    count, and the matmul precision in force (numbers differ between them)."""
+    """Where the run computes: JAX's default backend, the learner's device and its kind, the
+    device count, and the matmul precision in force (numbers differ between them)."""
     import jax
 
-    device = jax.devices()[0]
+    devices = jax.local_devices()
+    device = devices[min(cfg.train.learner_device, len(devices) - 1)]
     return {"jax_backend": jax.default_backend(), "device_kind": device.device_kind,
-            "device_count": jax.device_count(),
-            "matmul_precision": cfg.train.matmul_precision}
+            "device_count": jax.device_count(), "learner_device": str(device),
+            "matmul_precision": cfg.train.matmul_precision,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _git_commit() -> str | None:

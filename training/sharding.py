@@ -21,14 +21,26 @@ from training.errors import UsageError
 AXIS = "data"
 
 
-def local_mesh(devices: int) -> Mesh | None:
-    """The mesh over the first `devices` local devices (0: all of them); None for one."""
-    available = jax.local_device_count()
+def learner_device(index: int) -> jax.Device:
+    """The local device at `index` (--train.learner_device) of the default backend."""
+    devices = jax.local_devices()
+    if not 0 <= index < len(devices):
+        raise UsageError(f"--train.learner_device must be in [0, {len(devices) - 1}] (this "
+                         f"process has {len(devices)} {devices[0].platform} device"
+                         f"{'s' if len(devices) > 1 else ''}), got {index}")
+    return devices[index]
+
+
+def local_mesh(devices: int, first: int = 0) -> Mesh | None:
+    """The mesh over `devices` local devices from index `first` on (0: all of them); None for
+    one (the learner then runs on device `first`)."""
+    available = len(jax.local_devices()[first:])
     if not 0 <= devices <= available:
-        raise UsageError(f"--train.devices must be in [0, {available}] (0: all local devices), "
-                         f"got {devices}")
+        raise UsageError(f"--train.devices must be in [0, {available}] (0: all local devices"
+                         f"{f' from learner_device {first} on' if first else ''}), got {devices}")
     count = devices or available
-    return Mesh(np.array(jax.local_devices()[:count]), (AXIS,)) if count > 1 else None
+    return (Mesh(np.array(jax.local_devices()[first:first + count]), (AXIS,)) if count > 1
+            else None)
 
 
 def replicated(mesh: Mesh | None) -> NamedSharding | None:

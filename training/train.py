@@ -39,7 +39,7 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
     """Train runs to completion; -> each run's last evaluation record. Several runs (seeds of
     one config) train together only with PPO on the device."""
     check_seed_batch(cfgs)
-    set_precision(cfgs[0])
+    configure_jax(cfgs[0])
     with run_lib.locked(runs):
         if resume:
             resume = _has_checkpoints(cfgs, runs)
@@ -48,13 +48,24 @@ def train_runs(cfgs: list[Config], runs: list[Path], resume: bool,
         return _train(cfgs, runs, resume, show_progress)
 
 
-def set_precision(cfg: Config) -> None:
-    """The run's float32 matmul precision, for every computation of this process."""
+def configure_jax(cfg: Config) -> None:
+    """Process-wide JAX settings of a run: its float32 matmul precision, and the transfer
+    guards set in the environment (JAX_TRANSFER_GUARD, JAX_TRANSFER_GUARD_DEVICE_TO_DEVICE,
+    ...). JAX 0.10 reads those variables as the options' defaults but never hands them to the
+    runtime that enforces them, so without this they are silently ignored."""
+    import os
+
     import jax
 
     precision = cfg.train.matmul_precision
     jax.config.update("jax_default_matmul_precision", None if precision == "default"
                       else precision)
+    for name in ("jax_transfer_guard", *(f"jax_transfer_guard_{direction}" for direction in
+                                         ("host_to_device", "device_to_device",
+                                          "device_to_host"))):
+        level = os.environ.get(name.upper())
+        if level:
+            jax.config.update(name, level)
 
 
 def _has_checkpoints(cfgs: list[Config], runs: list[Path]) -> bool:
@@ -84,16 +95,23 @@ RUNNERS = {"sac": "agents.sac.loop:Trainer", "ppo": "agents.ppo.loop:PPOTrainer"
 
 def _train(cfgs: list[Config], runs: list[Path], resume: bool,
            show_progress: bool) -> list[dict]:
+    import jax
+
+    from training.sharding import learner_device
+
     module, name = RUNNERS[cfgs[0].algo].split(":")
     runner = getattr(importlib.import_module(module), name)
-    return runner.for_runs(cfgs, runs, show_progress).train(resume=resume)
+    # Every array the learner creates or receives from the host lands on its device; SAC's
+    # actor puts its own on the CPU device explicitly.
+    with jax.default_device(learner_device(cfgs[0].train.learner_device)):
+        return runner.for_runs(cfgs, runs, show_progress).train(resume=resume)
 
 
 def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
                deterministic: bool, **options) -> dict:
     """Evaluate a saved checkpoint of `run` with its algorithm's `reevaluate` (the module of
     its RUNNERS entry); the record goes to reeval.jsonl."""
-    set_precision(cfg)
+    configure_jax(cfg)
     module = importlib.import_module(RUNNERS[cfg.algo].split(":")[0])
     return module.reevaluate(cfg, run, step=step, episodes=episodes,
                              deterministic=deterministic, **options)

@@ -36,7 +36,7 @@ import numpy as np
 from flax import serialization
 
 from agents.dt.learner import DTData, make_dt_learner
-from envs.metaworld import MetaWorldVectorEnv, suite_tasks
+from envs.metaworld import MetaWorldVectorEnv, suite_tasks, vector_strategy_for
 from envs.minigrid.multitask import (
     OBS_DIM,
     GymMultiTask,
@@ -210,7 +210,8 @@ def make_eval_env(cfg: Config, dataset_meta: dict) -> MetaWorldVectorEnv | None:
         return None
     return MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks, seed=int(dataset_meta["seed"]),
                               reward_version=cfg.env.reward_version,
-                              max_episode_steps=cfg.env.max_episode_steps)
+                              max_episode_steps=cfg.env.max_episode_steps,
+                              vector_strategy=vector_strategy_for(cfg.env.vector_strategy))
 
 
 def evaluate(cfg: Config, learner, state, data: DTData, targets: np.ndarray, names,

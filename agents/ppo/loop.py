@@ -40,6 +40,7 @@ from training.config import Config, diff
 from training.errors import TrainingDiverged, UsageError
 from training.memory import GIB, call_bytes, free_bytes
 from training.runner import Runner
+from training.sharding import learner_device
 
 
 def run_ppo(cfg: Config):
@@ -85,7 +86,10 @@ def steps_per_chunk(cfg: Config) -> int:
 def _compile_chunk(cfg: Config, num_seeds: int):
     ppo = run_ppo(cfg)
     keys = jax.ShapeDtypeStruct((num_seeds, 2), jnp.uint32)
-    state = jax.eval_shape(jax.vmap(ppo.init), keys)
+    # Compiled for the learner's device: an ahead-of-time executable runs where it was placed.
+    on_device = jax.sharding.SingleDeviceSharding(learner_device(cfg.train.learner_device))
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device),
+                         jax.eval_shape(jax.vmap(ppo.init), keys))
     chunk = functools.partial(ppo.train_updates,
                               num_updates=steps_per_chunk(cfg) // cfg.ppo.steps_per_task)
     return jax.jit(over_seeds(chunk, num_seeds), donate_argnums=0).lower(state).compile()
@@ -103,7 +107,7 @@ def _memory(cfgs: list[Config]):
     gym backend or where either figure is unknown."""
     if cfgs[0].env.backend == "gym":
         return None
-    device = jax.devices()[0]
+    device = learner_device(cfgs[0].train.learner_device)
     need, free = call_bytes(compiled_chunk(cfgs[0], len(cfgs))), free_bytes(device)
     return None if need is None or free is None else (need, free, device)
 

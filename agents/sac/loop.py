@@ -30,7 +30,7 @@ from flax import serialization
 from agents.nn.masks import MASKED_ARCHS, mask_statistics
 from agents.sac.learner import make_learner
 from analysis import figures
-from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv
+from envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldVectorEnv, vector_strategy_for
 from training import run_dir as run_lib
 from training import sharding
 from training.checkpoint import Checkpointer
@@ -51,7 +51,8 @@ class Progress:
 def make_env(cfg: Config, seed: int) -> MetaWorldVectorEnv:
     return MetaWorldVectorEnv(cfg.env.suite, cfg.env.tasks, seed=seed,
                               reward_version=cfg.env.reward_version,
-                              max_episode_steps=cfg.env.max_episode_steps)
+                              max_episode_steps=cfg.env.max_episode_steps,
+                              vector_strategy=vector_strategy_for(cfg.env.vector_strategy))
 
 
 def jitted_act(learner):
@@ -106,7 +107,7 @@ class Trainer(Runner):
         self.eval_env = make_env(cfg, cfg.seed)
         self.num_tasks = self.env.num_tasks
         # Data parallel over the local devices: None (one device) keeps the plain jit.
-        self.mesh = sharding.local_mesh(cfg.train.devices)
+        self.mesh = sharding.local_mesh(cfg.train.devices, cfg.train.learner_device)
         # One gradient step per env step: the run's length in updates drives schedules.
         self.learner = make_learner(cfg.sac, cfg.network, self.num_tasks, OBS_DIM, ACTION_DIM,
                                     total_updates=cfg.train.total_steps_per_task,
@@ -189,6 +190,10 @@ class Trainer(Runner):
 
     def at_boundary(self) -> bool:
         return self.env.at_episode_boundary
+
+    def close(self):
+        self.env.close()  # with env.vector_strategy async, their worker processes
+        self.eval_env.close()
 
     def settle(self, writers):
         self._check_and_log(writers[0])
@@ -326,7 +331,10 @@ def reevaluate(cfg: Config, run: Path, step: int | None, episodes: int | None,
     env_seed, key = eval_randomness(cfg.seed, meta["env_steps"])
     env.reseed(env_seed)
     act = eval_actor(jitted_act(learner), params, key, deterministic, jax.devices("cpu")[0])
-    result = evaluate(act, env, episodes or cfg.eval.episodes)
+    try:
+        result = evaluate(act, env, episodes or cfg.eval.episodes)
+    finally:
+        env.close()
     record = {"step": meta["env_steps"], "suite": cfg.env.suite, "deterministic": deterministic,
               **result}
     run_lib.append_eval(run, record, "reeval.jsonl")
