@@ -36,6 +36,13 @@ from envs.minigrid.multitask import task_names  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training import config as config_lib  # noqa: E402
 
+SMOKE_PRESET = "minigrid_mt3_mtppo"
+SMOKE_OVERRIDES = {  # two small tasks, a tiny iteration
+    "env.suite": "minigrid_custom", "env.tasks": "MiniGrid-LavaGapS5-v0,MiniGrid-LavaGapS6-v0",
+    "ppo.steps_per_task": "32", "ppo.envs_per_task": "4", "ppo.epochs": "1",
+    "ppo.num_minibatches": "1", "train.total_steps_per_task": "32", "train.eval_every": "32",
+    "train.checkpoint_every": "32"}
+
 
 def gym_run(cfg):
     """A zero-argument function running one PPO iteration on the minigrid backend."""
@@ -100,18 +107,13 @@ def main():
         "| vs gym |",
         "|---|---|---|---|---|---|---|",
     ]
-    for preset in ("minigrid_mt3_mtppo" if args.smoke else args.preset).split(","):
+    for preset in (SMOKE_PRESET if args.smoke else args.preset).split(","):
         cfg = get_preset(preset)
         if args.quick:
             cfg = config_lib.apply_overrides(cfg, {"ppo.steps_per_task": "256",
                                                    "ppo.envs_per_task": "8"})
-        if args.smoke:  # two small tasks, a tiny iteration
-            cfg = config_lib.apply_overrides(cfg, {
-                "env.suite": "minigrid_custom",
-                "env.tasks": "MiniGrid-LavaGapS5-v0,MiniGrid-LavaGapS6-v0",
-                "ppo.steps_per_task": "32", "ppo.envs_per_task": "4", "ppo.epochs": "1",
-                "ppo.num_minibatches": "1", "train.total_steps_per_task": "32",
-                "train.eval_every": "32", "train.checkpoint_every": "32"})
+        if args.smoke:
+            cfg = config_lib.apply_overrides(cfg, SMOKE_OVERRIDES)
         num_tasks = len(task_names(cfg.env.suite, cfg.env.tasks))
         steps = cfg.ppo.steps_per_task * num_tasks
         runs = [gym_run(cfg)] + [jax_run(cfg, n) for n in seeds]

@@ -167,12 +167,12 @@ def machine_line() -> str:
 
 
 def learner_table(sizes: dict, steps: int, repeats: int, torch: bool = True,
-                  precision: str | None = None) -> str:
+                  precision: str | None = None, agents=tuple(ARCHS)) -> str:
     """(a, c): updates/s of each agent at each size, beside eager PyTorch's."""
     rows = ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |",
             "|---|---|---|---|---|---|"]
     for size, (suite, hidden, per_task) in sizes.items():
-        for name in ARCHS:
+        for name in agents:
             cfg = sized_config(name, hidden, per_task, suite)
             if precision is not None:
                 cfg = apply_overrides(cfg, {"train.matmul_precision": precision})

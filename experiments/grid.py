@@ -237,9 +237,11 @@ def last_eval(run: GridRun) -> dict | None:
 
 
 def check_config(run: GridRun) -> None:
-    """Refuse an existing run directory whose config is not the grid's."""
+    """Refuse an existing run directory whose config is not the grid's (placement options,
+    config.PLACEMENT, may differ: the grid's apply)."""
     if run.run_dir.exists():
-        changed = config_lib.diff(run_lib.load_config(run.run_dir), run.config)
+        changed = config_lib.diff(run_lib.load_config(run.run_dir), run.config,
+                                  placement=False)
         if changed:
             raise UsageError(f"run '{run.run_dir}' exists with a different config "
                              f"({', '.join(changed)}); move it away or restore the spec")

@@ -16,6 +16,8 @@ CACHE = Path(tempfile.gettempdir()) / "mtrl-test-jax-cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Meta-World goal sets drawn once for the whole suite (envs/metaworld.py), not in the home.
+os.environ.setdefault("MTRL_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mtrl-test-cache"))
 
 
 def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -56,6 +56,35 @@ def test_rng_checkpoint_restores_the_future_exactly():
         env.rng_checkpoint()
 
 
+def test_benchmark_goals_kept_on_disk_give_the_same_envs(tmp_path, monkeypatch):
+    """A second process reads the goal set from MTRL_CACHE_DIR instead of drawing it again;
+    the envs it builds are the same as freshly drawn ones (first observations and rewards of
+    two episodes after a reseed, the reseed itself going through `call`)."""
+    from envs import metaworld as mw
+
+    def rollout():
+        mw._benchmark.cache_clear()  # as a new process
+        env = MetaWorldVectorEnv("custom", ("pick-place-v3",), seed=3, max_episode_steps=6)
+        env.reseed(11)
+        out = [env.reset()]
+        for a in np.random.default_rng(0).uniform(-1, 1, (12, 1, 4)):
+            out.append(env.step(a).obs)
+        return np.concatenate(out)
+
+    monkeypatch.setenv("MTRL_CACHE_DIR", "off")
+    fresh = rollout()
+    monkeypatch.setenv("MTRL_CACHE_DIR", str(tmp_path))
+    written = rollout()
+    (cached,) = tmp_path.glob("metaworld-*-mujoco-*/pick-place-v3-seed3.pkl")
+    read = rollout()
+    np.testing.assert_array_equal(written, fresh)
+    np.testing.assert_array_equal(read, fresh)
+    cached.write_bytes(b"torn")  # an unreadable file is drawn again and rewritten
+    np.testing.assert_array_equal(rollout(), fresh)
+    assert cached.stat().st_size > 1000
+    mw._benchmark.cache_clear()
+
+
 @dataclass
 class _Step:
     obs: np.ndarray

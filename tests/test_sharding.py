@@ -6,7 +6,6 @@ forced CPU host devices (`python -m tests.test_sharding OUT_DIR` is that subproc
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -93,34 +92,6 @@ def test_one_and_four_devices_give_the_same_updates(tmp_path):
         for k in a.files:
             assert np.all(np.isfinite(a[k]))
             np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL, err_msg=f"{tasks}: {k}")
-
-
-def test_two_device_run_resumes_on_one_device(tmp_path):
-    """`launch.py train` on two devices (all local ones, the default); its checkpoint holds
-    one copy of the replicated state, so a one-device process resumes it."""
-    from tests.test_training import SMALL_SUITE, TINY
-    from training import run_dir as run_lib
-    from training.checkpoint import Checkpointer
-
-    launch = [sys.executable, str(ROOT / "launch.py"), "train"]
-    args = [*TINY, *SMALL_SUITE, "--preset", "demo", "--train.total_steps_per_task", "80",
-            "--train.checkpoint_every", "20", "--train.eval_every", "80"]
-    first = subprocess.run([*launch, "--out", str(tmp_path), *args], cwd=ROOT, env=_env(2),
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr
-    (run,) = list(tmp_path.iterdir())
-    tree, meta = Checkpointer(run / "checkpoints", 2).restore()  # here: one device
-    assert meta["complete"] and meta["env_steps"] == 80 and int(tree["learner"]["updates"]) == 40
-    # Back to the checkpoint at step 60 (20 updates in), then resume on one device.
-    shutil.rmtree(run / "checkpoints" / "80")
-    (run / "final.json").unlink()
-    resumed = subprocess.run([*launch, "--resume", str(run), "--no-progress"], cwd=ROOT,
-                             env=_env(1), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert [r["step"] for r in run_lib.read_evals(run)] == [0, 80]
-    tree, meta = Checkpointer(run / "checkpoints", 2).restore()
-    assert meta["complete"] and int(tree["learner"]["updates"]) == 40
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree["learner"]))
 
 
 def test_device_count_option():

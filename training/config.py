@@ -53,7 +53,9 @@ class TrainConfig:
     total_steps_per_task: int = 2_000_000
     chunk_steps: int = 50  # env steps collected, then as many gradient steps, per learner call
     async_actor: bool = False  # overlap env stepping with the learner (policy lag: one chunk)
-    devices: int = 0  # local devices the learner's batch is split over; 0: all of them
+    # Local devices the learner's batch is split over, from learner_device on; 0: all of them.
+    # 1 by default: a launch-bound learner gains nothing from a node's other GPUs.
+    devices: int = 1
     # The learner's (first) device: an index into the default backend's local devices. Where
     # the learner runs, not what it computes: a resume or re-evaluation may place it elsewhere.
     learner_device: int = 0
@@ -77,7 +79,7 @@ class TrainConfig:
         "async_actor": "SAC: step the envs while the learner updates (one chunk of policy "
                        "lag)",
         "devices": "SAC: local devices the learner's batch is split over, from "
-                   "learner_device on; 0: all",
+                   "learner_device on (0: all)",
         "learner_device": "index of the learner's device among the default backend's local "
                           "devices (SAC's actor stays on the CPU); on a CPU, "
                           "XLA_FLAGS=--xla_force_host_platform_device_count=2 simulates an "
@@ -289,9 +291,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
     return cfg
 
 
-# Options that say where and how a run computes, not what (the numbers stay the same): a
-# resumed run may change them.
-PLACEMENT = ("train.learner_device", "env.vector_strategy")
+# Options that say where and how a run computes, not what (the same numbers; with another
+# device count, to float rounding): a resumed run, or a grid relaunched, may change them.
+PLACEMENT = ("train.learner_device", "train.devices", "env.vector_strategy")
 
 
 def diff(a: Config, b: Config, placement: bool = True) -> list[str]:

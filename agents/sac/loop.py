@@ -253,8 +253,8 @@ class Trainer(Runner):
         if not critic_on.any():
             return None
         actor_on = sizes > sac.actor_warmup
-        self.state, metrics = self._train_chunk(self.state, self.buffer, jnp.asarray(critic_on),
-                                                jnp.asarray(actor_on))
+        # Host arrays: they go straight to the learner's devices, wherever those are.
+        self.state, metrics = self._train_chunk(self.state, self.buffer, critic_on, actor_on)
         return self.step, metrics
 
     def _check_and_log(self, writer):

@@ -41,9 +41,13 @@ def init_buffer(num_tasks: int, capacity: int, obs_dim: int, action_dim: int,
         "next_obs": (obs_dim,),
         "terminated": (),
     }
-    data = {k: jnp.zeros((num_tasks, capacity, *s), jnp.float32, device=sharding)
-            for k, s in shapes.items()}
-    return ReplayBuffer(data=data, ptr=jnp.int32(0), size=jnp.int32(0))
+    # Zeros computed in place on every device of `sharding` (jnp.zeros(device=...) would fill
+    # one device and copy from it).
+    @functools.partial(jax.jit, **({} if sharding is None else {"out_shardings": sharding}))
+    def zeros():
+        return {k: jnp.zeros((num_tasks, capacity, *s), jnp.float32) for k, s in shapes.items()}
+
+    return ReplayBuffer(data=zeros(), ptr=jnp.int32(0), size=jnp.int32(0))
 
 
 def insert(buffer: ReplayBuffer, chunk: dict) -> ReplayBuffer:
@@ -77,7 +81,8 @@ def sample(buffer: ReplayBuffer, key: jax.Array, per_task: int) -> dict:
 
 def filled(buffer: ReplayBuffer) -> dict:
     """The filled part of every field (what a checkpoint needs to store)."""
-    return {k: v[:, : int(buffer.size)] for k, v in buffer.data.items()}
+    size = int(buffer.size)  # a static slice: computed where the buffer lives
+    return {k: jax.lax.slice_in_dim(v, 0, size, axis=1) for k, v in buffer.data.items()}
 
 
 def from_filled(data: dict, capacity: int, ptr: int,
