@@ -221,7 +221,7 @@ def _torch_worker():
         if op == "quit":
             break
         if op == "build":
-            d, layers, heads, _ = SIZES[msg["size"]]
+            d, layers, heads = msg["dims"]  # the parent's SIZES (--smoke adds one)
             model = make_torch_dt(STATE_DIM, ACTION_DIM, NUM_TASKS, embed_dim=d,
                                   num_layers=layers, num_heads=heads, dropout=DROPOUT,
                                   max_timestep=MAX_TIMESTEP)
@@ -266,7 +266,7 @@ class TorchSide:
         return json.loads(line)
 
     def build(self, size: str, batch: int) -> dict:
-        return self.call(op="build", size=size, batch=batch)
+        return self.call(op="build", dims=SIZES[size][:3], batch=batch)
 
     def train(self, n: int) -> float:
         reply = self.call(op="train", n=n)

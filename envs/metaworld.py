@@ -194,9 +194,11 @@ class MetaWorldVectorEnv:
                     metaworld._init_each_env, env_cls=benchmark.train_classes[name],
                     tasks=list(benchmark.train_tasks), seed=seed + idx, env_id=idx,
                     num_tasks=len(self.task_names), **common))
-        vectorizer = (gym.vector.SyncVectorEnv if vector_strategy == "sync"
-                      else gym.vector.AsyncVectorEnv)
-        self._envs = vectorizer(makers, autoreset_mode=autoreset)
+        if vector_strategy == "sync":
+            self._envs = gym.vector.SyncVectorEnv(makers, autoreset_mode=autoreset)
+        else:  # spawned, not forked: a fork of a process running JAX's threads can deadlock
+            self._envs = gym.vector.AsyncVectorEnv(makers, autoreset_mode=autoreset,
+                                                   context="spawn")
         built = tuple(_CLASS_TO_TASK[name] for name in self._envs.get_attr("task_name"))
         assert built == self.task_names, (built, self.task_names)
         self._episode_step = 0
