@@ -41,13 +41,12 @@ from bench.common import (  # noqa: E402
     timed,
     write_section,
 )
-from envs.metaworld import ACTION_DIM, OBS_DIM  # noqa: E402
+from envs.metaworld import ACTION_DIM, OBS_DIM, SUITES  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
 
-ARCHS = {"mtsac": ("mtmlp", 1), "moore": ("moore", 4)}
-EXPERTS = {"mt10": 4, "mt50": 6}  # MOORE's expert counts (paper)
-SUITE_TASKS = {"mt10": 10, "mt50": 50}
+# agent -> network.arch; expert counts are the presets' (MOORE: 4 on MT10, 6 on MT50)
+ARCHS = {"mtsac": "mtmlp", "moore": "moore"}
 # (suite, hidden sizes, samples per task): MOORE's paper sizes and the demo preset's size.
 SIZES = {"paper 3x400, batch 128/task": ("mt10", (400, 400, 400), 128),
          "demo 2x128, batch 32/task": ("mt10", (128, 128), 32),
@@ -56,11 +55,11 @@ SMOKE_SIZES = {"smoke 2x16, batch 8/task": ("mt10", (16, 16), 8),
                "smoke 2x16, batch 8/task (MT50)": ("mt50", (16, 16), 8)}
 
 
-def bench_learner(cfg: Config, steps: int, repeats: int, num_tasks: int = 10) -> float:
+def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
     """Gradient steps per second of the jitted chunk, sampling from a filled device buffer."""
     from agents.sac.learner import make_learner
 
-    n = num_tasks
+    n = len(SUITES[cfg.env.suite])
     learner = make_learner(cfg.sac, cfg.network, n, OBS_DIM, ACTION_DIM)
     state = learner.init(jax.random.PRNGKey(0))
     buf = filled_buffer(n, 4096, OBS_DIM, ACTION_DIM)
@@ -90,17 +89,16 @@ print(json.dumps(1.0 / times[len(times) // 2]))
 """
 
 
-def bench_torch(name: str, hidden, per_task: int, repeats: int,
-                suite: str = "mt10") -> float | None:
+def bench_torch(cfg: Config, repeats: int) -> float | None:
     """The same update in eager PyTorch, in a child process of this script: in one process,
     the CPU thread pools of JAX and PyTorch spin against each other and slow both."""
     if importlib.util.find_spec("torch") is None:
         return None
-    arch, experts = ARCHS[name]
-    experts = EXPERTS[suite] if arch == "moore" else experts
-    code = _TORCH_CHILD.format(root=str(ROOT), arch=arch, hidden=tuple(hidden), experts=experts,
-                               per_task=per_task, repeats=max(repeats, 3) * 3,
-                               num_tasks=SUITE_TASKS[suite])
+    net = cfg.network
+    code = _TORCH_CHILD.format(root=str(ROOT), arch=net.arch, hidden=tuple(net.hidden_sizes),
+                               experts=net.num_experts, per_task=cfg.sac.batch_size_per_task,
+                               repeats=max(repeats, 3) * 3,
+                               num_tasks=len(SUITES[cfg.env.suite]))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     return float(result.stdout.strip().splitlines()[-1])
@@ -152,11 +150,10 @@ class _NullWriter:
 
 def sized_config(name: str, hidden=(400, 400, 400), per_task: int = 128,
                  suite: str = "mt10") -> Config:
-    arch, experts = ARCHS[name]
-    experts = EXPERTS[suite] if arch == "moore" else experts
     cfg = get_preset(f"{suite}_{name}")
-    return dataclasses.replace(cfg, network=NetworkConfig(arch=arch, hidden_sizes=hidden,
-                                                          num_experts=experts),
+    network = NetworkConfig(arch=ARCHS[name], hidden_sizes=hidden,
+                            num_experts=cfg.network.num_experts)
+    return dataclasses.replace(cfg, network=network,
                                sac=dataclasses.replace(cfg.sac, batch_size_per_task=per_task))
 
 
@@ -180,8 +177,8 @@ def learner_table(sizes: dict, steps: int, repeats: int, torch: bool = True,
             chunk = 10 * steps if "demo" in size else steps if suite == "mt10" else max(
                 1, steps // 4)
             with jax.default_matmul_precision(_precision(cfg)):
-                rate = bench_learner(cfg, chunk, repeats, SUITE_TASKS[suite])
-            torch_rate = bench_torch(name, hidden, per_task, repeats, suite) if torch else None
+                rate = bench_learner(cfg, chunk, repeats)
+            torch_rate = bench_torch(cfg, repeats) if torch else None
             ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a"
             torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
             rows.append(f"| {name} | {suite} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")

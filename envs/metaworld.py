@@ -38,6 +38,11 @@ REWARD_VERSIONS = ("v1", "v2")
 # AsyncVectorEnv), stepped in parallel. Same numbers for the same seed. `auto` is resolved by
 # `vector_strategy_for`.
 VECTOR_STRATEGIES = ("sync", "async")
+MAX_PATH_LENGTH = 500  # Meta-World raises if an episode is stepped past this.
+OBS_DIM = 39
+ACTION_DIM = 4
+
+_CLASS_TO_TASK = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
 
 
 def vector_strategy_for(setting: str) -> str:
@@ -50,11 +55,6 @@ def vector_strategy_for(setting: str) -> str:
     import jax
 
     return "sync" if jax.default_backend() == "cpu" else "async"
-MAX_PATH_LENGTH = 500  # Meta-World raises if an episode is stepped past this.
-OBS_DIM = 39
-ACTION_DIM = 4
-
-_CLASS_TO_TASK = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
 
 
 def suite_tasks(suite: str, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -320,25 +320,23 @@ def status_table(runs: list[GridRun]) -> str:
     return "\n".join(rows)
 
 
-def local_slots(spec: GridSpec, max_parallel: int | None = None, host=None) -> list:
-    """The device slots of a local grid (experiments/placement.py): one per run that may
-    train at once; `host` (detected by default) is what the machine offers."""
+def local_slots(spec: GridSpec, max_parallel: int | None = None) -> list:
+    """The device slots of a local grid on this machine (experiments/placement.py): one per
+    run that may train at once."""
     from experiments import placement
 
     local = spec.local
-    if host is None:
-        host = placement.detect(local.get("accelerator", "auto"))
+    host = placement.detect(local.get("accelerator", "auto"))
     return placement.slots(host, runs_per_gpu=local.get("runs_per_gpu", 1),
                            cores_per_run=local.get("cores_per_run", 2),
                            max_parallel=max_parallel or local.get("max_parallel"))
 
 
-def slot_plan(spec: GridSpec, runs: list[GridRun], max_parallel: int | None = None,
-              host=None) -> str:
+def slot_plan(spec: GridSpec, runs: list[GridRun], max_parallel: int | None = None) -> str:
     """`grid --dry-run`'s plan: each process to start (a run, or a batch of seeds) and the
     device slot it takes first; later processes take whichever slot frees first."""
     todo = batches(runs, spec.batch_seeds)
-    slots = local_slots(spec, max_parallel, host)
+    slots = local_slots(spec, max_parallel)
     rows = [f"{len(slots)} slot(s) at a time: {', '.join(dict.fromkeys(s.label for s in slots))}"]
     for i, group in enumerate(todo):
         slot = slots[i].label if i < len(slots) else "next free slot"
@@ -368,8 +366,7 @@ def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
 
     pending = batches(runs, spec.batch_seeds)
     todo = sum(len(g) for g in pending)
-    slot_list = local_slots(spec, max_parallel)
-    slots = len(slot_list)
+    slots = local_slots(spec, max_parallel)
     log_dir = Path(out) / spec.name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent
@@ -377,21 +374,21 @@ def run_local(spec: GridSpec, runs: list[GridRun], out: str | Path,
     codes: dict[str, int] = {}
     processes = f" in {len(pending)} process{'es' * (len(pending) > 1)}" \
         if len(pending) != todo else ""
-    print(f"grid {spec.name}: {todo} of {len(runs)} runs to do{processes}, {slots} at a "
+    print(f"grid {spec.name}: {todo} of {len(runs)} runs to do{processes}, {len(slots)} at a "
           f"time; logs in {log_dir}", flush=True)
     while pending or active:
-        for slot in range(slots):
+        for slot in range(len(slots)):
             if slot in active or not pending:
                 continue
             group = pending.pop(0)
-            env = {**os.environ, **slot_list[slot].env}
+            env = {**os.environ, **slots[slot].env}
             log = open(log_dir / log_name(group), "a")  # closed when the process ends
             proc = subprocess.Popen(
                 [sys.executable, "-m", "experiments.grid", str(spec.path), str(out),
                  *(r.name for r in group)],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             active[slot] = (group, proc, log)
-            print(f"  started {_names(group)} on {slot_list[slot].label}", flush=True)
+            print(f"  started {_names(group)} on {slots[slot].label}", flush=True)
         time.sleep(0.5)
         for slot, (group, proc, log) in list(active.items()):
             if proc.poll() is None:

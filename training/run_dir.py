@@ -45,8 +45,9 @@ def runtime(cfg: config_lib.Config) -> dict:
     device count, and the matmul precision in force (numbers differ between them)."""
     import jax
 
-    devices = jax.local_devices()
-    device = devices[min(cfg.train.learner_device, len(devices) - 1)]
+    from training.sharding import learner_device
+
+    device = learner_device(cfg.train.learner_device)
     return {"jax_backend": jax.default_backend(), "device_kind": device.device_kind,
             "device_count": jax.device_count(), "learner_device": str(device),
             "matmul_precision": cfg.train.matmul_precision,

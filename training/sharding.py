@@ -34,13 +34,13 @@ def learner_device(index: int) -> jax.Device:
 def local_mesh(devices: int, first: int = 0) -> Mesh | None:
     """The mesh over `devices` local devices from index `first` on (0: all of them); None for
     one (the learner then runs on device `first`)."""
-    available = len(jax.local_devices()[first:])
-    if not 0 <= devices <= available:
-        raise UsageError(f"--train.devices must be in [0, {available}] (0: all local devices"
-                         f"{f' from learner_device {first} on' if first else ''}), got {devices}")
-    count = devices or available
-    return (Mesh(np.array(jax.local_devices()[first:first + count]), (AXIS,)) if count > 1
-            else None)
+    candidates = jax.local_devices()[first:]
+    if not 0 <= devices <= len(candidates):
+        raise UsageError(f"--train.devices must be in [0, {len(candidates)}] (0: all local "
+                         f"devices{f' from learner_device {first} on' if first else ''}), got "
+                         f"{devices}")
+    chosen = candidates[:devices or len(candidates)]
+    return Mesh(np.array(chosen), (AXIS,)) if len(chosen) > 1 else None
 
 
 def replicated(mesh: Mesh | None) -> NamedSharding | None:
