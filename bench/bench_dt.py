@@ -171,6 +171,23 @@ class JaxSide:
                                      self.reward, t, first)
         return np.asarray(action)  # to the host, as for env.step
 
+    def train_roofline(self):
+        """The roofline of one training update (bench/roofline.py)."""
+        from bench.roofline import Roofline
+
+        args = (self.state, self.data)
+        compiled = self.learner.train_updates.lower(*args, 1).compile()
+        return Roofline.of_chunk(lambda s, d: self.learner.train_updates(s, d, 1), args,
+                                 compiled, 1)
+
+    def eval_roofline(self):
+        """The roofline of one evaluation call."""
+        from bench.roofline import Roofline
+
+        args = (self.state, self.data, None, self.ctx, self.obs, self.reward, 100, False)
+        compiled = self._act.lower(*args).compile()
+        return Roofline.of_chunk(self.learner.act, args, compiled, 1)
+
     def train(self, n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
@@ -268,6 +285,23 @@ class TorchSide:
     def build(self, size: str, batch: int) -> dict:
         return self.call(op="build", dims=SIZES[size][:3], batch=batch)
 
+    def train_roofline(self):
+        """The roofline of one training update (bench/roofline.py)."""
+        from bench.roofline import Roofline
+
+        args = (self.state, self.data)
+        compiled = self.learner.train_updates.lower(*args, 1).compile()
+        return Roofline.of_chunk(lambda s, d: self.learner.train_updates(s, d, 1), args,
+                                 compiled, 1)
+
+    def eval_roofline(self):
+        """The roofline of one evaluation call."""
+        from bench.roofline import Roofline
+
+        args = (self.state, self.data, None, self.ctx, self.obs, self.reward, 100, False)
+        compiled = self._act.lower(*args).compile()
+        return Roofline.of_chunk(self.learner.act, args, compiled, 1)
+
     def train(self, n: int) -> float:
         reply = self.call(op="train", n=n)
         if not np.isfinite(reply["loss"]):
@@ -312,6 +346,13 @@ def alternate(sides: list, what: str, target_s: float, reps: int) -> list[float]
     return per_call
 
 
+ROOFLINE_NOTE = (
+    "Roofline (bench/roofline.py): GFLOP / step (call) is XLA's cost analysis of the compiled "
+    "program; matmul share the part of them in matrix products; ceiling this device's rate at "
+    "the step's own products, each timed alone in this run; PyTorch's fraction is the same "
+    "FLOPs (the same model) over its own step time.")
+
+
 def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
@@ -344,6 +385,8 @@ def main():
 
     import jax
 
+    from bench.roofline import HEADER as ROOFLINE_HEADER
+
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     torch_side = TorchSide() if importlib.util.find_spec("torch") else None
@@ -363,6 +406,7 @@ def main():
             train_s = alternate(sides, "train", TRAIN_REP_S, args.reps)
             eval_s = alternate(sides, "eval", EVAL_REP_S, args.reps)
             jt, te = tokens / train_s[0], 1.0 / eval_s[0]
+            train_roof, eval_roof = jax_side.train_roofline(), jax_side.eval_roofline()
             if torch_side is not None:
                 tt, tte = tokens / train_s[1], 1.0 / eval_s[1]
                 train_cells = (f"{_fmt(jt)} | {_fmt(tt)} | {jt / tt:.2f}x")
@@ -370,9 +414,14 @@ def main():
             else:
                 train_cells = f"{_fmt(jt)} | n/a | n/a (torch not installed)"
                 eval_cells = f"{_fmt(te)} | n/a | n/a (torch not installed)"
+            # PyTorch's rate is the same FLOPs over its own step time: the same model
+            torch_share = (f"{train_roof.achieved(train_s[1]) / train_roof.ceiling:.0%}"
+                           if torch_side is not None else "n/a")
             train_rows.append(f"| {label} | {jax_side.num_params:,} | "
-                              f"{train_s[0] * 1e3:,.0f} | {train_cells} |")
-            eval_rows.append(f"| {label} | {eval_s[0] * 1e3:.2f} | {eval_cells} |")
+                              f"{train_s[0] * 1e3:,.0f} | {train_cells} | "
+                              f"{train_roof.cells(train_s[0])} | {torch_share} |")
+            eval_rows.append(f"| {label} | {eval_s[0] * 1e3:.2f} | {eval_cells} | "
+                             f"{eval_roof.cells(eval_s[0])} |")
             print(train_rows[-1], flush=True)
             print(eval_rows[-1], flush=True)
             del jax_side
@@ -394,15 +443,17 @@ def main():
            "update per call, batch sampled on the device; PyTorch: DT's eager step on a fixed "
            "batch.\n",
            "| size | params (both) | JAX ms / step | JAX tokens/s | PyTorch tokens/s "
-           "| JAX / PyTorch |",
-           "|---|---|---|---|---|---|",
+           f"| JAX / PyTorch | JAX {ROOFLINE_HEADER} | PyTorch of ceiling |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|",
            *train_rows,
            f"\n(b) evaluation, one env per task ({NUM_TASKS}) x a full {CONTEXT}-step context, no "
            "gradient, dropout off, action to the host each call. JAX: the learner's jitted "
            "`act` (context update + forward); PyTorch: the forward alone.\n",
-           "| size | JAX ms / call | JAX calls/s | PyTorch calls/s | JAX / PyTorch |",
-           "|---|---|---|---|---|",
+           "| size | JAX ms / call | JAX calls/s | PyTorch calls/s | JAX / PyTorch | "
+           f"JAX {ROOFLINE_HEADER} |",
+           "|---|---|---|---|---|---|---|---|---|---|",
            *eval_rows,
+           f"\n{ROOFLINE_NOTE}",
            f"\nScript runtime {time.perf_counter() - started:.0f} s."]
     if load > (os.cpu_count() or 1):
         out.append(f"\n**Warning: load average {load:.2f} on {os.cpu_count()} cores at start.** "

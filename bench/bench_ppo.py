@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_minigrid import median_rounds  # noqa: E402
 from bench.common import add_smoke_option, refuse_smoke_write, write_section  # noqa: E402
+from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
 from envs.minigrid.multitask import task_names  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training import config as config_lib  # noqa: E402
@@ -59,15 +61,20 @@ def gym_run(cfg):
     return trainer._gym_chunk
 
 
+def one_iteration(cfg):
+    """`cfg` with one PPO iteration per training chunk."""
+    step = cfg.ppo.steps_per_task
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, total_steps_per_task=step, eval_every=step, checkpoint_every=step))
+
+
 def jax_run(cfg, seeds: int):
     """A zero-argument function running one PPO iteration of `seeds` seeds on the device: the
     trainer's own compiled chunk, at one iteration per chunk."""
     from agents.ppo.learner import make_ppo
     from agents.ppo.loop import compiled_chunk
 
-    step = cfg.ppo.steps_per_task
-    one = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, total_steps_per_task=step, eval_every=step, checkpoint_every=step))
+    one = one_iteration(cfg)
     ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     holder = {"state": jax.jit(jax.vmap(ppo.init))(keys)}
@@ -79,6 +86,23 @@ def jax_run(cfg, seeds: int):
 
     run()  # compile
     return run
+
+
+def jax_roofline(cfg, seeds: int):
+    """The roofline of one PPO iteration of `seeds` seeds on the device (bench/roofline.py):
+    XLA's FLOPs with every nested scan (rollout steps, epochs, minibatches) counted as many
+    times as it runs, and the matmul ceiling at the iteration's own products."""
+    from agents.ppo.learner import make_ppo
+    from agents.ppo.loop import compiled_chunk, over_seeds
+    from bench.roofline import Roofline
+
+    ppo = make_ppo(cfg.ppo, cfg.network, task_names(cfg.env.suite, cfg.env.tasks))
+    keys = jax.ShapeDtypeStruct((seeds, 2), jnp.uint32)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.eval_shape(jax.vmap(ppo.init), keys))
+    # jax_run's program (cached): the same iteration, so it is not compiled again
+    return Roofline.measure(over_seeds(lambda s: ppo.train_updates(s, 1), seeds), state,
+                            compiled=compiled_chunk(one_iteration(cfg), seeds))
 
 
 def main():
@@ -104,8 +128,8 @@ def main():
         f"steps/s over all tasks and seeds, median of {rounds} alternating rounds (per "
         f"preset).\n",
         "| preset | arch (experts), tasks | backend | seeds | s / iteration | env steps/s "
-        "| vs gym |",
-        "|---|---|---|---|---|---|---|",
+        f"| vs gym | {ROOFLINE_HEADER} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset in (SMOKE_PRESET if args.smoke else args.preset).split(","):
         cfg = get_preset(preset)
@@ -123,10 +147,17 @@ def main():
         n = cfg.network
         arch = f"{n.arch} ({n.num_experts})" if n.arch in ("moe", "moore") else n.arch
         rows = [("gym (minigrid on the host)", 1)] + [("jax (on device)", k) for k in seeds]
-        for (backend, k), t, rate in zip(rows, times, rates, strict=True):
+        roofs = [None] + [jax_roofline(cfg, k) for k in seeds]
+        for (backend, k), t, rate, roof in zip(rows, times, rates, roofs, strict=True):
+            # the gym backend steps its envs on the host: no one program to analyse
+            cells = roof.cells(t) if roof else "n/a | n/a | n/a | n/a | n/a"
             lines.append(f"| {preset} | {arch}, {num_tasks} | {backend} | {k} | {t:.2f} | "
-                         f"{rate:,.0f} | {rate / rates[0]:.2f}x |")
+                         f"{rate:,.0f} | {rate / rates[0]:.2f}x | {cells} |")
         print("\n".join(lines[-len(rows):]), flush=True)
+    lines.append("\nRoofline (bench/roofline.py) of one whole iteration, env steps included: "
+                 "GFLOP / step is XLA's cost analysis with every nested scan counted as often "
+                 "as it runs; ceiling this device's rate at the iteration's own products, "
+                 "each timed alone in this run.")
     lines.append(f"\nScript runtime {time.perf_counter() - start:.0f} s.")
     text = "\n".join(lines)
     print(text)

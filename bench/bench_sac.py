@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.nn.registry import NetworkConfig  # noqa: E402
+from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
+from bench.roofline import Roofline  # noqa: E402
 from bench.common import (  # noqa: E402
     add_smoke_option,
     filled_buffer,
@@ -55,23 +57,26 @@ SMOKE_SIZES = {"smoke 2x16, batch 8/task": ("mt10", (16, 16), 8),
                "smoke 2x16, batch 8/task (MT50)": ("mt50", (16, 16), 8)}
 
 
-def bench_learner(cfg: Config, steps: int, repeats: int) -> float:
-    """Gradient steps per second of the jitted chunk, sampling from a filled device buffer."""
+def bench_learner(cfg: Config, steps: int, repeats: int) -> tuple[float, Roofline]:
+    """Gradient steps per second of the jitted chunk, sampling from a filled device buffer,
+    and the roofline of one step (its FLOPs and the matmul rate at its own products)."""
     from agents.sac.learner import make_learner
 
     n = len(SUITES[cfg.env.suite])
     learner = make_learner(cfg.sac, cfg.network, n, OBS_DIM, ACTION_DIM)
     state = learner.init(jax.random.PRNGKey(0))
     buf = filled_buffer(n, 4096, OBS_DIM, ACTION_DIM)
-    train_chunk = jax.jit(learner.train_chunk, donate_argnums=0)
     on = jnp.ones((steps,), bool)
+    args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, buf, on, on))
+    train_chunk = jax.jit(learner.train_chunk, donate_argnums=0).lower(*args).compile()
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = train_chunk(holder["state"], buf, on, on)
         jax.block_until_ready(metrics)
 
-    return steps / timed(run, repeats)
+    rate = steps / timed(run, repeats)
+    return rate, Roofline.of_chunk(learner.train_chunk, args, train_chunk, steps)
 
 
 _TORCH_CHILD = """
@@ -166,8 +171,8 @@ def machine_line() -> str:
 def learner_table(sizes: dict, steps: int, repeats: int, torch: bool = True,
                   precision: str | None = None, agents=tuple(ARCHS)) -> str:
     """(a, c): updates/s of each agent at each size, beside eager PyTorch's."""
-    rows = ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) | JAX / PyTorch | "
+            f"{ROOFLINE_HEADER} |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, (suite, hidden, per_task) in sizes.items():
         for name in agents:
             cfg = sized_config(name, hidden, per_task, suite)
@@ -177,11 +182,12 @@ def learner_table(sizes: dict, steps: int, repeats: int, torch: bool = True,
             chunk = 10 * steps if "demo" in size else steps if suite == "mt10" else max(
                 1, steps // 4)
             with jax.default_matmul_precision(_precision(cfg)):
-                rate = bench_learner(cfg, chunk, repeats)
+                rate, roof = bench_learner(cfg, chunk, repeats)
             torch_rate = bench_torch(cfg, repeats) if torch else None
             ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a"
             torch_txt = f"{torch_rate:.2f}" if torch_rate else "n/a"
-            rows.append(f"| {name} | {suite} | {size} | {rate:.2f} | {torch_txt} | {ratio} |")
+            rows.append(f"| {name} | {suite} | {size} | {rate:.2f} | {torch_txt} | {ratio} | "
+                        f"{roof.cells(1.0 / rate)} |")
             print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -221,33 +227,55 @@ def loop_table(agents, loop_size, smoke: bool = False, quick: bool = False,
     return "\n".join(rows)
 
 
+ROOFLINE_NOTE = (
+    "GFLOP / step: XLA's cost analysis of the compiled update; matmul share: the part of "
+    "them in matrix products (the update's jaxpr); GFLOP/s: achieved; ceiling: this device's "
+    "rate at the update's own products, each timed alone in this run (bench/roofline.py); "
+    "of ceiling: achieved / ceiling.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--parts", default="learner,loop",
+                        help="learner (a, c), loop (b) or both (default); --write replaces "
+                             "the sections of the parts run")
     add_smoke_option(parser)
     args = parser.parse_args()
     refuse_smoke_write(args)
+    parts = args.parts.split(",")
+    if not parts or any(p not in ("learner", "loop") for p in parts):
+        print(f"error: --parts {args.parts!r}: learner, loop or learner,loop", file=sys.stderr)
+        raise SystemExit(2)
     repeats = 1 if args.smoke else 2 if args.quick else 5
     steps = 1 if args.smoke else 5 if args.quick else 20
     sizes = SMOKE_SIZES if args.smoke else SIZES
     loop_size = next(iter(sizes.values()))[1:] if args.smoke else ((400, 400, 400), 128)
-    out = [machine_line()]
-
-    out.append("\n(a, c) learner updates/s, one jitted chunk of gradient steps vs the same "
-               "update in eager PyTorch\n")
-    out.append(learner_table(sizes, steps, repeats, torch=not args.smoke))
-    out.append("\n(b) whole loop on MT10 at paper size, ms per vector-env step (10 env steps), "
-               "medians of alternating rounds; envs: sub-envs stepped in this process (sync) "
-               "or in 10 worker processes (async); actor: waits for the update (sync) or "
-               "steps while it runs (async)\n")
-    out.append(loop_table(("mtsac",) if args.smoke else tuple(ARCHS), loop_size,
-                          smoke=args.smoke, quick=args.quick))
-    text = "\n".join(out)
-    print(text)
-    if args.write:
-        write_section("bench_sac", "SAC on MT10 and MT50 (bench/bench_sac.py)", text,
-                      " ".join(["python", "bench/bench_sac.py", *sys.argv[1:]]))
+    command = " ".join(["python", "bench/bench_sac.py", *sys.argv[1:]])
+    if "learner" in parts:
+        text = "\n".join([
+            machine_line(),
+            "\n(a, c) learner updates/s, one jitted chunk of gradient steps vs the same "
+            f"update in eager PyTorch, with the update's roofline. {ROOFLINE_NOTE}\n",
+            learner_table(sizes, steps, repeats, torch=not args.smoke)])
+        print(text)
+        if args.write:
+            write_section("bench_sac", "SAC learner on MT10 and MT50 (bench/bench_sac.py)",
+                          text, command)
+    if "loop" in parts:
+        text = "\n".join([
+            machine_line(),
+            "\n(b) whole loop on MT10 at paper size, ms per vector-env step (10 env steps), "
+            "medians of alternating rounds; envs: sub-envs stepped in this process (sync) "
+            "or in 10 worker processes (async); actor: waits for the update (sync) or "
+            "steps while it runs (async)\n",
+            loop_table(("mtsac",) if args.smoke else tuple(ARCHS), loop_size,
+                       smoke=args.smoke, quick=args.quick)])
+        print(text)
+        if args.write:
+            write_section("bench_sac_loop", "SAC whole training loop on MT10 "
+                          "(bench/bench_sac.py --parts loop)", text, command)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ one H100/H200), in one call. Each section says what the accelerator does with th
 5. PPO iteration time for 1, 8 and 32 vmapped seeds of minigrid_mt7_moore;
 6. DT training tokens/s (bench/bench_dt.py's two model sizes).
 
+Every learner row (sections 2, 5, 6) carries its roofline (bench/roofline.py): FLOPs per
+step, achieved GFLOP/s and the fraction of the device's matmul rate at the step's own
+products, so the GPU table reads like the CPU tables in BENCHMARKS.md.
+
 Sections run in that order under a time budget (`--budget-s`, default 480): a section that
 would start after it is listed as skipped, so the call always ends with its figures.
 `--write` puts them in BENCHMARKS.md, in a section named after the device.
@@ -129,7 +133,8 @@ def checkpoint_section(smoke: bool) -> str:
 
 def ppo_section(smoke: bool) -> str:
     from bench.bench_minigrid import median_rounds
-    from bench.bench_ppo import SMOKE_OVERRIDES, SMOKE_PRESET, jax_run
+    from bench.bench_ppo import SMOKE_OVERRIDES, SMOKE_PRESET, jax_roofline, jax_run
+    from bench.roofline import HEADER
     from envs.minigrid.multitask import task_names
 
     seeds = (1, 2) if smoke else (1, 8, 32)
@@ -137,11 +142,13 @@ def ppo_section(smoke: bool) -> str:
     cfg = (config_lib.apply_overrides(get_preset(SMOKE_PRESET), SMOKE_OVERRIDES) if smoke
            else get_preset("minigrid_mt7_moore"))
     steps = cfg.ppo.steps_per_task * len(task_names(cfg.env.suite, cfg.env.tasks))
-    rows = ["| preset | seeds | s / iteration | env steps/s |", "|---|---|---|---|"]
+    rows = [f"| preset | seeds | s / iteration | env steps/s | {HEADER} |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for count in seeds:  # one at a time: 32 seeds' state must not share memory with 8's
         (seconds,) = median_rounds([jax_run(cfg, count)], 1 if smoke else 3)
         rows.append(f"| {'smoke' if smoke else 'minigrid_mt7_moore'} | {count} | "
-                    f"{seconds:.3f} | {count * steps / seconds:,.0f} |")
+                    f"{seconds:.3f} | {count * steps / seconds:,.0f} | "
+                    f"{jax_roofline(cfg, count).cells(seconds)} |")
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -151,13 +158,16 @@ def dt_section(smoke: bool) -> str:
 
     sizes = {"smoke": (16, 1, 1, "smoke: d 16, 1 layer")} if smoke else SIZES
     batch = 20 if smoke else 260
-    rows = ["| model | batch | tokens/s |", "|---|---|---|"]
+    from bench.roofline import HEADER
+
+    rows = [f"| model | batch | tokens/s | {HEADER} |", "|---|---|---|---|---|---|---|---|"]
     for embed, layers, heads, label in sizes.values():
         side = JaxSide(embed, layers, heads, batch)
         side.train(2)  # compile
         n = 2 if smoke else 20
         seconds = side.train(n)
-        rows.append(f"| {label} | {batch} | {n * batch * 3 * CONTEXT / seconds:,.0f} |")
+        rows.append(f"| {label} | {batch} | {n * batch * 3 * CONTEXT / seconds:,.0f} | "
+                    f"{side.train_roofline().cells(seconds / n)} |")
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
