@@ -34,8 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.nn.registry import NetworkConfig  # noqa: E402
-from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
-from bench.roofline import Roofline  # noqa: E402
 from bench.common import (  # noqa: E402
     add_smoke_option,
     filled_buffer,
@@ -43,6 +41,8 @@ from bench.common import (  # noqa: E402
     timed,
     write_section,
 )
+from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
+from bench.roofline import Roofline  # noqa: E402
 from envs.metaworld import ACTION_DIM, OBS_DIM, SUITES  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training.config import Config, apply_overrides  # noqa: E402
