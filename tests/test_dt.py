@@ -212,3 +212,61 @@ def test_config_checks_and_harmodt_preset():
         make_dt(_cfg(variant="nope"), S, A, TASKS)
     with pytest.raises(UsageError):
         make_dt(_cfg(num_heads=3), S, A, TASKS)
+
+
+def test_hashed_dropout_keeps_the_rate_independently_per_element_and_per_key():
+    from agents.dt.networks import Dropout, hashed_bits
+
+    bits = np.asarray(hashed_bits(jnp.array([1, 2], jnp.uint32), (256, 1024)))
+    threshold = np.uint32(round(0.1 * 2 ** 32))
+    keep = bits >= threshold
+    assert abs(keep.mean() - 0.9) < 0.003  # 262,144 draws: 5 standard deviations
+    for axis in (0, 1):  # neighbours along either axis are independent
+        a, b = np.moveaxis(keep, axis, 0)[:-1].ravel(), np.moveaxis(keep, axis, 0)[1:].ravel()
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+    for seed in ([1, 3], [2, 2]):  # either seed word changes the whole mask
+        other = np.asarray(hashed_bits(jnp.array(seed, jnp.uint32), (256, 1024)))
+        assert abs(np.corrcoef(keep.ravel(), (other >= threshold).ravel())[0, 1]) < 0.01
+        assert (other != bits).mean() > 0.99
+    x = jnp.ones((64, 64))
+    layer = Dropout(0.25)
+    out = layer.apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+    np.testing.assert_allclose(np.unique(np.asarray(out)), [0.0, 1.0 / 0.75], rtol=1e-6)
+    assert abs(float((out > 0).mean()) - 0.75) < 0.03
+    again = layer.apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+    np.testing.assert_array_equal(out, again)
+    assert layer.apply({}, x, True) is x
+
+
+def test_attention_equals_the_heads_between_tokens_and_channels_formulation():
+    """The block's attention (heads next to the batch) against the layout it replaced
+    (einsum over (b, t, h, c)): the same function, to float rounding."""
+    import math
+
+    from agents.dt.networks import Block
+
+    d, h, t = 16, 2, 6
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, t, d))
+    allowed = jnp.tril(jnp.ones((t, t), bool))[None].repeat(3, 0).at[1, :, :2].set(False)
+    block = Block(d, h, 0.0, TASKS, None)
+    params = block.init(jax.random.PRNGKey(1), x, allowed, None, True)
+    out = block.apply(params, x, allowed, None, True)
+
+    p = params["params"]
+
+    def dense(name, y):
+        layer = p[name]["Linear_0"]["Dense_0"]
+        return y @ layer["kernel"] + layer["bias"]
+
+    def norm(name, y):
+        mean, var = y.mean(-1, keepdims=True), y.var(-1, keepdims=True)
+        return (y - mean) / jnp.sqrt(var + 1e-5) * p[name]["scale"] + p[name]["bias"]
+
+    q, k, v = (z.reshape(3, t, h, d // h) for z in jnp.split(dense("qkv", norm("ln_1", x)),
+                                                                3, axis=-1))
+    scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / math.sqrt(d // h)
+    scores = jnp.where(allowed[:, None], scores, jnp.finfo(scores.dtype).min)
+    y = jnp.einsum("bhqk,bkhc->bqhc", jax.nn.softmax(scores, -1), v).reshape(3, t, d)
+    x = x + dense("attn_out", y)
+    expected = x + dense("mlp_out", jax.nn.relu(dense("fc", norm("ln_2", x))))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

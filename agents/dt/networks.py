@@ -186,6 +186,49 @@ class _BlockDense(nn.Module):
                                      name="masked")(x, task_id)
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 in which every input bit
+    flips each output bit with probability about 1/2."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def hashed_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits of `shape` from a (2,) uint32 seed: each element's flat index,
+    spread by an odd multiplier, through two seeded rounds of `_fmix32`.
+
+    A counter-based hash (like Philox or Threefry, far cheaper): some ten integer operations
+    an element, which XLA fuses into the op that uses them, against Threefry-2x32's twenty
+    rounds. Good enough for dropout masks; not for anything that needs a cryptographic or
+    well-tested generator."""
+    index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    x = _fmix32(index * jnp.uint32(0x9E3779B9) + seed[0])
+    return _fmix32(x ^ seed[1])
+
+
+class Dropout(nn.Module):
+    """Dropout as flax's `nn.Dropout` (keep with probability 1 - rate, scaled by
+    1 / (1 - rate)), but its mask comes from `hashed_bits` seeded by two words of the
+    module's own `dropout` key, not from Threefry bits of every element: on the CPU that
+    drawing was about a sixth of a DT training step (bench/bench_dt.py). Deviation from DT's
+    code: the masks differ from those of any other generator (same distribution); the keep
+    probability is exact to 2^-32."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        threshold = jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
+        keep = hashed_bits(seed, x.shape) >= threshold
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 class Block(nn.Module):
     """GPT-2 block: x + attn(ln(x)), then x + mlp(ln(x)), dropout on each residual branch."""
 
@@ -203,21 +246,25 @@ class Block(nn.Module):
 
         y = nn.LayerNorm(epsilon=LN_EPS, name="ln_1")(x)
         qkv = _BlockDense(3 * d, self.num_tasks, dens[0], name="qkv")(y, task_id)
-        q, k, v = (z.reshape(b, t, h, d // h) for z in jnp.split(qkv, 3, axis=-1))
-        scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / math.sqrt(d // h)
+        # Heads next to the batch, (b, h, t, c): both attention products are then plain
+        # batched matmuls; with the heads between the tokens and the channels, XLA copied
+        # each operand into that layout, forward and backward (1.3x the attention's time at
+        # 8 heads, bench/bench_dt.py's HarmoDT size).
+        q, k, v = qkv.reshape(b, t, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+        scores = jnp.einsum("bhqc,bhkc->bhqk", q, k) / math.sqrt(d // h)
         # A finite minimum, not -inf: a padding query with no valid key attends uniformly
         # instead of producing NaN (its output is never used).
         scores = jnp.where(allowed[:, None], scores, jnp.finfo(scores.dtype).min)
-        probs = nn.Dropout(self.dropout)(jax.nn.softmax(scores, axis=-1), deterministic)
-        y = jnp.einsum("bhqk,bkhc->bqhc", probs, v).reshape(b, t, d)
+        probs = Dropout(self.dropout)(jax.nn.softmax(scores, axis=-1), deterministic)
+        y = jnp.einsum("bhqk,bhkc->bqhc", probs, v).reshape(b, t, d)
         y = _BlockDense(d, self.num_tasks, dens[1], name="attn_out")(y, task_id)
-        x = x + nn.Dropout(self.dropout)(y, deterministic)
+        x = x + Dropout(self.dropout)(y, deterministic)
 
         y = nn.LayerNorm(epsilon=LN_EPS, name="ln_2")(x)
         # ReLU: the activation DT's, Prompt-DT's and HarmoDT's GPT-2 configs set (not GELU).
         y = nn.relu(_BlockDense(4 * d, self.num_tasks, dens[2], name="fc")(y, task_id))
         y = _BlockDense(d, self.num_tasks, dens[3], name="mlp_out")(y, task_id)
-        return x + nn.Dropout(self.dropout)(y, deterministic)
+        return x + Dropout(self.dropout)(y, deterministic)
 
 
 class StepEmbedding(nn.Module):
@@ -302,7 +349,7 @@ class DecisionTransformer(nn.Module):
             x = jnp.concatenate([p, x], axis=1)
             valid = jnp.concatenate([prompt_mask, valid], axis=1)
         x = nn.LayerNorm(epsilon=LN_EPS, name="embed_ln")(x)
-        x = nn.Dropout(cfg.dropout)(x, deterministic)
+        x = Dropout(cfg.dropout)(x, deterministic)
 
         tokens = x.shape[1]
         causal = jnp.tril(jnp.ones((tokens, tokens), bool))
