@@ -112,6 +112,36 @@ def test_moore_features_are_tanh_of_unnormalised_weighted_orthonormal_experts():
     np.testing.assert_allclose(net.apply(variables, obs, task), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["moore", "moe"])
+def test_mixture_equals_its_previous_formulation_with_gradients(arch):
+    """Experts laid out (k, B, H) and mixed by scaled adds give the outputs and gradients
+    of the (B, k, H) layout with Gram-Schmidt along k and an einsum mix, to float rounding."""
+    obs = jax.random.normal(jax.random.PRNGKey(11), (5, OBS))
+    task = jnp.array([0, 1, 2, 0, 2])
+    net = make_network(NetworkConfig(arch=arch, hidden_sizes=(16, 8), num_experts=3),
+                       NUM_TASKS, 2)
+    params = net.init(jax.random.PRNGKey(12), obs, task)
+
+    def previous(variables, obs):
+        p = variables["params"]
+        experts = jax.vmap(lambda e: MLP((16, 8)).apply({"params": e}, obs), out_axes=1)(
+            p["VmapMLP_0"])
+        if arch == "moore":
+            experts = gram_schmidt(experts)
+        w = jax.nn.one_hot(task, NUM_TASKS) @ p["task_weights"]["Dense_0"]["kernel"]
+        feats = jnp.tanh(jnp.einsum("bk,bkh->bh", w, experts))
+        return TaskHeads(NUM_TASKS, 2).apply({"params": p["TaskHeads_0"]}, feats, task)
+
+    def loss(fn):
+        return jax.value_and_grad(lambda v, o: jnp.sum(jnp.sin(fn(v, o))), argnums=(0, 1))
+
+    (new_value, new_grads), (old_value, old_grads) = (
+        loss(lambda v, o: net.apply(v, o, task))(params, obs), loss(previous)(params, obs))
+    np.testing.assert_allclose(new_value, old_value, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 new_grads, old_grads)
+
+
 def test_moe_skips_orthogonalisation():
     obs = jax.random.normal(jax.random.PRNGKey(9), (4, OBS))
     task = jnp.array([0, 1, 2, 0])
