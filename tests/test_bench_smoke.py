@@ -10,18 +10,24 @@ from tests.conftest import ROOT
 # script -> header lines its tables must print (one per section)
 TABLES = {
     "bench_archs.py": ["| preset | arch | trainable params | updates/s |"],
-    "bench_sac.py": ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) |",
+    "bench_sac.py": ["| agent | suite | size | JAX (jitted scan) | PyTorch (eager) | JAX / "
+                     "PyTorch | GFLOP / step | matmul share | GFLOP/s | ceiling GFLOP/s | of "
+                     "ceiling |",
                      "| mtsac | mt50 | smoke",
                      "| agent | envs | actor | raw env | update | loop | loop / (env + update) |",
                      "| mtsac | async | async |"],
-    "bench_ppo.py": ["| preset | arch (experts), tasks | backend | seeds | s / iteration |"],
+    "bench_ppo.py": ["| preset | arch (experts), tasks | backend | seeds | s / iteration |",
+                     "| vs gym | GFLOP / step | matmul share |"],
     "bench_dt.py": ["| size | params (both) | JAX ms / step | JAX tokens/s |",
+                    "| JAX / PyTorch | JAX GFLOP / step | matmul share | GFLOP/s | ceiling "
+                    "GFLOP/s | of ceiling | PyTorch of ceiling |",
                     "| size | JAX ms / call | JAX calls/s |"],
     "bench_minigrid.py": ["| env | reference single | reference vector (16) | ours N=8 |"],
     "device_check.py": ["### 1. devices", "backend cpu", "### 2. sac learner",
                         "matmul precision highest", "### 3. sac loop", "### 4. checkpoint",
                         "re-evaluation here and in a CPU-only process give the same record",
-                        "### 5. ppo seeds", "### 6. dt training", "| model | batch | tokens/s |"],
+                        "### 5. ppo seeds", "| seeds | s / iteration | env steps/s | GFLOP / step |",
+                        "### 6. dt training", "| model | batch | tokens/s | GFLOP / step |"],
 }
 
 
