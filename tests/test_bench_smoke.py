@@ -26,7 +26,8 @@ TABLES = {
     "device_check.py": ["### 1. devices", "backend cpu", "### 2. sac learner",
                         "matmul precision highest", "### 3. sac loop", "### 4. checkpoint",
                         "re-evaluation here and in a CPU-only process give the same record",
-                        "### 5. ppo seeds", "| seeds | s / iteration | env steps/s | GFLOP / step |",
+                        "### 5. ppo seeds",
+                        "| seeds | s / iteration | env steps/s | GFLOP / step |",
                         "### 6. dt training", "| model | batch | tokens/s | GFLOP / step |"],
 }
 
