@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The determinism check for refactors (not run by pytest: a few minutes on 2 cores): one
 # small run of each algorithm through the command line, then the sha256 of every eval.jsonl.
-# Run it on the commit before a change and after it; the lines must be equal.
+# Run it on the commit before a change and after it; the lines must be equal. It also
+# compares them with tests/seed_checksums.expected; a change that moves a seed's numbers on
+# purpose updates that file and says why in its commit.
 #     bash tests/seed_checksums.sh [OUT]     (default OUT: a new temporary folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +38,13 @@ python launch.py train --preset minigrid_mt3_harmodt $DT --out "$OUT/harmodt" \
 for f in "$OUT"/*/*/eval.jsonl; do
     run=$(basename "$(dirname "$f")")
     echo "$(sha256sum "$f" | cut -c1-16) $(basename "$(dirname "$(dirname "$f")")")/${run%%-2*}"
-done
+done | tee "$OUT/checksums.txt"
+# The values of the last intended change, on the project's 2-core x86_64 CPU machine (other
+# machines may round differently): a line that differs is a changed number.
+if diff <(sort -k2 tests/seed_checksums.expected) <(sort -k2 "$OUT/checksums.txt") \
+        > "$OUT/checksums.diff"; then
+    echo "all equal to tests/seed_checksums.expected"
+else
+    echo "DIFFERENT from tests/seed_checksums.expected (< expected, > now):"
+    cat "$OUT/checksums.diff"
+fi
