@@ -203,7 +203,8 @@ def hashed_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     A counter-based hash (like Philox or Threefry, far cheaper): some ten integer operations
     an element, which XLA fuses into the op that uses them, against Threefry-2x32's twenty
     rounds. Good enough for dropout masks; not for anything that needs a cryptographic or
-    well-tested generator."""
+    well-tested generator. Indices are uint32: an array past 2^32 elements would repeat
+    its mask."""
     index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     x = _fmix32(index * jnp.uint32(0x9E3779B9) + seed[0])
     return _fmix32(x ^ seed[1])

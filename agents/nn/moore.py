@@ -63,7 +63,7 @@ class MixtureOfExperts(nn.Module):
         head_task, task_id = task_id, per_sample(task_id, obs)
         # Experts first, (k, B, H): each expert's output is one contiguous slice, so the
         # Gram-Schmidt steps and the mixing read it without the transposes (forward and
-        # backward) that a (B, k, H) layout cost, about 5 % of a MOORE SAC update.
+        # backward) that a (B, k, H) layout cost: about 4 % of a MOORE SAC update, measured.
         stacked = functools.partial(nn.vmap, variable_axes={"params": 0},
                                     split_rngs={"params": True}, in_axes=None, out_axes=0,
                                     axis_size=self.num_experts)
