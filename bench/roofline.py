@@ -120,14 +120,16 @@ def time_dot(dot: Dot, target_flops: float = 4e8, repeats: int = 7) -> float:
     return min(run() for _ in range(repeats)) / reps
 
 
-def matmul_ceiling(dots: Counter, share: float = 0.95, most: int = 12) -> float:
+def matmul_ceiling(dots: Counter, share: float = 0.95, most: int = 12,
+                   smallest: float = 1e6) -> float:
     """FLOP/s of the step's own products each run alone: their total FLOPs over their total
     time. The largest products are timed, until they hold `share` of the FLOPs (at most
-    `most` of them): the small rest would time dispatch, not multiplication."""
+    `most` of them, and after the first none under `smallest` FLOPs): the small rest would
+    time dispatch, not multiplication."""
     total = sum(d.flops * n for d, n in dots.items())
     flops = seconds = 0.0
     for i, (dot, n) in enumerate(sorted(dots.items(), key=lambda dn: -dn[0].flops * dn[1])):
-        if i == most or flops >= share * total:
+        if i == most or flops >= share * total or (i and dot.flops < smallest):
             break
         flops += dot.flops * n
         seconds += time_dot(dot) * n
