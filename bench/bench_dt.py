@@ -285,23 +285,6 @@ class TorchSide:
     def build(self, size: str, batch: int) -> dict:
         return self.call(op="build", dims=SIZES[size][:3], batch=batch)
 
-    def train_roofline(self):
-        """The roofline of one training update (bench/roofline.py)."""
-        from bench.roofline import Roofline
-
-        args = (self.state, self.data)
-        compiled = self.learner.train_updates.lower(*args, 1).compile()
-        return Roofline.of_chunk(lambda s, d: self.learner.train_updates(s, d, 1), args,
-                                 compiled, 1)
-
-    def eval_roofline(self):
-        """The roofline of one evaluation call."""
-        from bench.roofline import Roofline
-
-        args = (self.state, self.data, None, self.ctx, self.obs, self.reward, 100, False)
-        compiled = self._act.lower(*args).compile()
-        return Roofline.of_chunk(self.learner.act, args, compiled, 1)
-
     def train(self, n: int) -> float:
         reply = self.call(op="train", n=n)
         if not np.isfinite(reply["loss"]):
