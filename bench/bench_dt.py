@@ -132,11 +132,12 @@ class JaxSide:
     """Our learner (agents/dt/learner.py, `mtdt`) at one size: timed training steps and
     evaluation steps.
 
-    Training is the learner's own jitted `train_updates`, called for one update at a time
-    (each update samples its task-balanced batch from the dataset on the device, then one
-    AdamW step; at these sizes an update takes seconds, so the per-call dispatch is noise).
-    Evaluation is the learner's `act` under `jax.jit`, as agents/dt/loop.py runs it: append
-    the step to every task's context of the last K steps, one forward, action to the host.
+    Training is the learner's own jitted `train_updates`, compiled ahead for one update per
+    call (each update samples its task-balanced batch from the dataset on the device, then
+    one AdamW step; at these sizes an update takes seconds, so the per-call dispatch is
+    noise). Evaluation is the learner's jitted `act`, as agents/dt/loop.py runs it, compiled
+    ahead too: append the step to every task's context of the last K steps, one forward,
+    action to the host.
     """
 
     def __init__(self, embed_dim: int, num_layers: int, num_heads: int, batch: int,
@@ -159,12 +160,17 @@ class JaxSide:
         self.state = jax.jit(self.learner.init)(jax.random.PRNGKey(0))
         self.num_params = count_parameters(self.state.params)
 
-        self._act = jax.jit(self.learner.act)
         rng = np.random.default_rng(2)
         self.obs = jnp.asarray(rng.normal(size=(NUM_TASKS, STATE_DIM)).astype(np.float32))
         self.reward = jnp.ones((NUM_TASKS,), jnp.float32)
         self.ctx = self.learner.eval_reset(jnp.full((NUM_TASKS,), 4000.0))
         self._filled = False
+        # Both programs compiled once, here: the timed calls and the rooflines share them.
+        self._train_args = (self.state, self.data)
+        self._update = self.learner.train_updates.lower(*self._train_args, 1).compile()
+        self._act_args = (self.state, self.data, None, self.ctx, self.obs, self.reward, 100,
+                          False)
+        self._act = self.learner.act.lower(*self._act_args).compile()
 
     def _step(self, t: int, first: bool):
         action, self.ctx = self._act(self.state, self.data, None, self.ctx, self.obs,
@@ -175,23 +181,19 @@ class JaxSide:
         """The roofline of one training update (bench/roofline.py)."""
         from bench.roofline import Roofline
 
-        args = (self.state, self.data)
-        compiled = self.learner.train_updates.lower(*args, 1).compile()
-        return Roofline.of_chunk(lambda s, d: self.learner.train_updates(s, d, 1), args,
-                                 compiled, 1)
+        return Roofline.of_chunk(lambda s, d: self.learner.train_updates(s, d, 1),
+                                 self._train_args, self._update, 1)
 
     def eval_roofline(self):
         """The roofline of one evaluation call."""
         from bench.roofline import Roofline
 
-        args = (self.state, self.data, None, self.ctx, self.obs, self.reward, 100, False)
-        compiled = self._act.lower(*args).compile()
-        return Roofline.of_chunk(self.learner.act, args, compiled, 1)
+        return Roofline.of_chunk(self.learner.act, self._act_args, self._act, 1)
 
     def train(self, n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            self.state, metrics = self.learner.train_updates(self.state, self.data, 1)
+            self.state, metrics = self._update(self.state, self.data)
         loss = float(metrics["loss"])  # waits for the last update
         elapsed = time.perf_counter() - t
         if not np.isfinite(loss):
@@ -199,7 +201,7 @@ class JaxSide:
         return elapsed
 
     def eval(self, n: int) -> float:
-        if not self._filled:  # fill the context window first (and compile `act`), untimed
+        if not self._filled:  # fill the context window first, untimed
             for step in range(self.learner.cfg.context_len):
                 self._step(step, step == 0)
             self._filled = True
@@ -329,13 +331,6 @@ def alternate(sides: list, what: str, target_s: float, reps: int) -> list[float]
     return per_call
 
 
-ROOFLINE_NOTE = (
-    "Roofline (bench/roofline.py): GFLOP / step (call) is XLA's cost analysis of the compiled "
-    "program; matmul share the part of them in matrix products; ceiling this device's rate at "
-    "the step's own products, each timed alone in this run; PyTorch's fraction is the same "
-    "FLOPs (the same model) over its own step time.")
-
-
 def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
@@ -369,6 +364,7 @@ def main():
     import jax
 
     from bench.roofline import HEADER as ROOFLINE_HEADER
+    from bench.roofline import NOTE as ROOFLINE_NOTE
 
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -436,7 +432,8 @@ def main():
            f"JAX {ROOFLINE_HEADER} |",
            "|---|---|---|---|---|---|---|---|---|---|",
            *eval_rows,
-           f"\n{ROOFLINE_NOTE}",
+           f"\n{ROOFLINE_NOTE} Evaluation: one call. PyTorch's fraction is the same FLOPs "
+           "(the same model) over its own step time.",
            f"\nScript runtime {time.perf_counter() - started:.0f} s."]
     if load > (os.cpu_count() or 1):
         out.append(f"\n**Warning: load average {load:.2f} on {os.cpu_count()} cores at start.** "

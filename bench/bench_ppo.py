@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_minigrid import median_rounds  # noqa: E402
 from bench.common import add_smoke_option, refuse_smoke_write, write_section  # noqa: E402
 from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
+from bench.roofline import NOTE as ROOFLINE_NOTE  # noqa: E402
 from envs.minigrid.multitask import task_names  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
 from training import config as config_lib  # noqa: E402
@@ -154,10 +155,7 @@ def main():
             lines.append(f"| {preset} | {arch}, {num_tasks} | {backend} | {k} | {t:.2f} | "
                          f"{rate:,.0f} | {rate / rates[0]:.2f}x | {cells} |")
         print("\n".join(lines[-len(rows):]), flush=True)
-    lines.append("\nRoofline (bench/roofline.py) of one whole iteration, env steps included: "
-                 "GFLOP / step is XLA's cost analysis with every nested scan counted as often "
-                 "as it runs; ceiling this device's rate at the iteration's own products, "
-                 "each timed alone in this run.")
+    lines.append(f"\n{ROOFLINE_NOTE} The step is one whole iteration, env steps included.")
     lines.append(f"\nScript runtime {time.perf_counter() - start:.0f} s.")
     text = "\n".join(lines)
     print(text)

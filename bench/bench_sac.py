@@ -42,6 +42,7 @@ from bench.common import (  # noqa: E402
     write_section,
 )
 from bench.roofline import HEADER as ROOFLINE_HEADER  # noqa: E402
+from bench.roofline import NOTE as ROOFLINE_NOTE  # noqa: E402
 from bench.roofline import Roofline  # noqa: E402
 from envs.metaworld import ACTION_DIM, OBS_DIM, SUITES  # noqa: E402
 from experiments.presets import get_preset  # noqa: E402
@@ -225,13 +226,6 @@ def loop_table(agents, loop_size, smoke: bool = False, quick: bool = False,
                         f"{r['loop_step_s'] / serial:.3f} |")
             print(rows[-1], flush=True)
     return "\n".join(rows)
-
-
-ROOFLINE_NOTE = (
-    "GFLOP / step: XLA's cost analysis of the compiled update; matmul share: the part of "
-    "them in matrix products (the update's jaxpr); GFLOP/s: achieved; ceiling: this device's "
-    "rate at the update's own products, each timed alone in this run (bench/roofline.py); "
-    "of ceiling: achieved / ceiling.")
 
 
 def main():

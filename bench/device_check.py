@@ -155,15 +155,14 @@ def ppo_section(smoke: bool) -> str:
 
 def dt_section(smoke: bool) -> str:
     from bench.bench_dt import CONTEXT, SIZES, JaxSide
+    from bench.roofline import HEADER
 
     sizes = {"smoke": (16, 1, 1, "smoke: d 16, 1 layer")} if smoke else SIZES
     batch = 20 if smoke else 260
-    from bench.roofline import HEADER
-
     rows = [f"| model | batch | tokens/s | {HEADER} |", "|---|---|---|---|---|---|---|---|"]
     for embed, layers, heads, label in sizes.values():
         side = JaxSide(embed, layers, heads, batch)
-        side.train(2)  # compile
+        side.train(2)  # warm-up
         n = 2 if smoke else 20
         seconds = side.train(n)
         rows.append(f"| {label} | {batch} | {n * batch * 3 * CONTEXT / seconds:,.0f} | "

@@ -52,10 +52,9 @@ class Dot:
 
     @property
     def flops(self) -> float:
-        (lhs_contract, _), (lhs_batch, _) = self.dimension_numbers
-        contract = math.prod(self.lhs[d] for d in lhs_contract)
+        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
         # out = batch x lhs free x rhs free; each output entry costs `contract` multiply-adds
-        (_, rhs_contract), (_, rhs_batch) = self.dimension_numbers
+        contract = math.prod(self.lhs[d] for d in lhs_contract)
         batch = math.prod(self.lhs[d] for d in lhs_batch)
         lhs_free = math.prod(s for d, s in enumerate(self.lhs)
                              if d not in lhs_contract and d not in lhs_batch)
@@ -78,6 +77,10 @@ def _sub_jaxprs(eqn):
 
 def step_dots(fn: Callable, *args) -> Counter:
     """Dot -> how many times one call of `fn(*args)` runs it (scan lengths multiplied in)."""
+    return _dots(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _dots(jaxpr) -> Counter:
     counts: Counter = Counter()
 
     def walk(jaxpr, times):
@@ -92,8 +95,13 @@ def step_dots(fn: Callable, *args) -> Counter:
             for sub, mult in _sub_jaxprs(eqn):
                 walk(sub, times * mult)
 
-    walk(jax.make_jaxpr(fn)(*args).jaxpr, 1)
+    walk(jaxpr, 1)
     return counts
+
+
+def total_flops(dots: Counter) -> float:
+    """The FLOPs of all the products, each as often as it runs."""
+    return sum(d.flops * n for d, n in dots.items())
 
 
 def time_dot(dot: Dot, target_flops: float = 4e8, repeats: int = 7) -> float:
@@ -126,7 +134,7 @@ def matmul_ceiling(dots: Counter, share: float = 0.95, most: int = 12,
     time. The largest products are timed, until they hold `share` of the FLOPs (at most
     `most` of them, and after the first none under `smallest` FLOPs): the small rest would
     time dispatch, not multiplication."""
-    total = sum(d.flops * n for d, n in dots.items())
+    total = total_flops(dots)
     flops = seconds = 0.0
     for i, (dot, n) in enumerate(sorted(dots.items(), key=lambda dn: -dn[0].flops * dn[1])):
         if i == most or flops >= share * total or (i and dot.flops < smallest):
@@ -151,7 +159,10 @@ def step_flops(fn: Callable, *args, compiled=None) -> float:
     (length - 1) x its body's true count, plus what the body's own nested scans miss; a
     body is compiled alone only where its scan runs more than once. `compiled`: `fn`'s
     program when the caller has compiled it already."""
+    return _flops(jax.make_jaxpr(fn)(*args), compiled)
 
+
+def _flops(closed, compiled=None) -> float:
     def compile_flops(closed) -> float:
         avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
         return compiled_flops(jax.jit(jcore.jaxpr_as_fun(closed)).lower(*avals).compile())
@@ -176,7 +187,6 @@ def step_flops(fn: Callable, *args, compiled=None) -> float:
                 for sub, _ in _sub_jaxprs(eqn):
                     yield from scans(sub)
 
-    closed = jax.make_jaxpr(fn)(*args)
     counted = compiled_flops(compiled) if compiled is not None else compile_flops(closed)
     return counted + missed(closed.jaxpr)
 
@@ -192,20 +202,19 @@ class Roofline:
     @classmethod
     def measure(cls, fn: Callable, *args, compiled=None) -> Roofline:
         """The roofline of one call of `fn(*args)` (`compiled`: its program, if at hand)."""
-        dots = step_dots(fn, *args)
-        return cls(flops=step_flops(fn, *args, compiled=compiled),
-                   matmul_flops=sum(d.flops * n for d, n in dots.items()),
-                   ceiling=matmul_ceiling(dots))
+        closed = jax.make_jaxpr(fn)(*args)
+        return cls._of(_flops(closed, compiled), _dots(closed.jaxpr))
 
     @classmethod
     def of_chunk(cls, fn: Callable, args, compiled, steps: int) -> Roofline:
         """The roofline of one step of a chunk `fn(*args)` that scans its step `steps`
         times, from the chunk's `compiled` program (XLA counts the scanned step once)."""
-        dots = step_dots(fn, *args)
-        per_step = Counter({d: n / steps for d, n in dots.items()})
-        return cls(flops=compiled_flops(compiled),
-                   matmul_flops=sum(d.flops * n for d, n in per_step.items()),
-                   ceiling=matmul_ceiling(per_step))
+        return cls._of(compiled_flops(compiled), step_dots(fn, *args), per=steps)
+
+    @classmethod
+    def _of(cls, flops: float, dots: Counter, per: int = 1) -> Roofline:
+        dots = Counter({d: n / per for d, n in dots.items()})
+        return cls(flops=flops, matmul_flops=total_flops(dots), ceiling=matmul_ceiling(dots))
 
     def achieved(self, seconds_per_step: float) -> float:
         return self.flops / seconds_per_step
@@ -218,6 +227,11 @@ class Roofline:
 
 
 HEADER = "GFLOP / step | matmul share | GFLOP/s | ceiling GFLOP/s | of ceiling"
+NOTE = ("Roofline (bench/roofline.py): GFLOP / step is XLA's cost analysis of the compiled "
+        "step, every nested scan counted as often as it runs; matmul share the part of them "
+        "in matrix products; GFLOP/s achieved; ceiling this device's rate at the step's own "
+        "products, each timed alone in this run (the fastest of 7 timings); of ceiling "
+        "achieved / ceiling.")
 
 
 def square_rates(sizes=(256, 512, 1024, 2048)) -> dict[int, float]:
